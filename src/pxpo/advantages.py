@@ -1,0 +1,145 @@
+"""From rewards to advantages: heatmap -> latent grid, normalisation, clipping.
+
+PXPO's rewards are heatmaps in pixel space [B, H, W]; its log-probabilities live on the latent grid
+[B, C, h, w]. The heatmap is downsampled to [B, 1, h, w] (area averaging by default: it keeps each
+image's mean, so the pixel-mean reward that DDPO would see is unchanged) and broadcast over
+channels in the loss. DDPO's reward is the pixel mean of the same heatmap, one number per image.
+
+Normalisation turns rewards into advantages. The statistics of a map are those of all its
+elements: "batch" standardises over every element of every image (the paper's "standardised
+across all images"); "per_prompt" keeps a buffer of recent images per prompt (DDPO's per-prompt
+statistics) and falls back to the batch's statistics until a prompt has ``min_count`` images.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+
+Normalization = Literal["none", "batch", "per_prompt"]
+InterpolationMode = Literal["area", "bilinear"]
+
+_MIN_STD = 1e-6  # below this a batch is constant (float32 rounding of a constant map gives ~1e-8)
+
+
+def heatmap_to_latent(
+    heatmap: torch.Tensor, latent_size: int | tuple[int, int], mode: InterpolationMode = "area"
+) -> torch.Tensor:
+    """Downsample pixel heatmaps to the latent grid.
+
+    Args:
+        heatmap: [B, H, W] pixel rewards.
+        latent_size: h or (h, w), the latent grid.
+        mode: "area" (averages each cell's pixels; keeps the mean when H, W are multiples of h, w)
+            or "bilinear" (antialiased bilinear resampling).
+
+    Returns:
+        [B, 1, h, w] float32 rewards on the latent grid.
+    """
+    if heatmap.ndim != 3:
+        raise ValueError(f"heatmap of shape {tuple(heatmap.shape)}: expected [B, H, W]")
+    size = (latent_size, latent_size) if isinstance(latent_size, int) else tuple(latent_size)
+    maps = heatmap.float().unsqueeze(1)
+    if mode == "area":
+        return F.interpolate(maps, size=size, mode="area")
+    if mode == "bilinear":
+        return F.interpolate(maps, size=size, mode="bilinear", align_corners=False, antialias=True)
+    raise ValueError(f"interpolation mode = {mode!r}: expected 'area' or 'bilinear'")
+
+
+def _standardise(rewards: torch.Tensor, mean: torch.Tensor | float, std: torch.Tensor | float, what: str) -> torch.Tensor:
+    if float(std) < _MIN_STD:
+        warnings.warn(f"{what}: the rewards have zero variance, so the advantages are zero", stacklevel=3)
+        return torch.zeros_like(rewards)
+    return (rewards - mean) / std
+
+
+def normalize_batch(rewards: torch.Tensor) -> torch.Tensor:
+    """Standardise over every element of the batch: [B, ...] -> [B, ...] with mean 0 and std 1.
+
+    A batch with zero variance gives zero advantages and a warning.
+    """
+    rewards = rewards.float()
+    return _standardise(rewards, rewards.mean(), rewards.std(unbiased=False), "batch normalisation")
+
+
+class PerPromptStatTracker:
+    """Per-prompt reward statistics over a buffer of recent images (DDPO's per-prompt normalisation).
+
+    Each image contributes the mean and mean square of its reward elements (one number for a
+    scalar reward, h * w numbers for a map); a prompt's mean and std pool its buffered images.
+    Until a prompt has ``min_count`` images buffered, the current batch's statistics are used.
+    """
+
+    def __init__(self, buffer_size: int, min_count: int) -> None:
+        if buffer_size < 1 or min_count < 1:
+            raise ValueError(f"buffer_size = {buffer_size}, min_count = {min_count}: both must be >= 1")
+        self.buffer_size = buffer_size
+        self.min_count = min_count
+        self.buffers: dict[str, deque[tuple[float, float]]] = {}
+
+    def update(self, prompts: Sequence[str], rewards: torch.Tensor) -> torch.Tensor:
+        """Add the batch to the buffers and return its advantages.
+
+        Args:
+            prompts: B prompts.
+            rewards: [B] scalar rewards or [B, ...] reward maps.
+
+        Returns:
+            Advantages of the same shape as ``rewards``.
+        """
+        if len(prompts) != rewards.shape[0]:
+            raise ValueError(f"{len(prompts)} prompts for {rewards.shape[0]} rewards")
+        rewards = rewards.float()
+        flat = rewards.reshape(len(prompts), -1)
+        for prompt, first, second in zip(prompts, flat.mean(1).tolist(), (flat**2).mean(1).tolist()):
+            self.buffers.setdefault(prompt, deque(maxlen=self.buffer_size)).append((first, second))
+        advantages = torch.empty_like(rewards)
+        for prompt in dict.fromkeys(prompts):
+            rows = torch.tensor([p == prompt for p in prompts], device=rewards.device)
+            buffer = self.buffers[prompt]
+            if len(buffer) < self.min_count:
+                mean, std = rewards.mean(), rewards.std(unbiased=False)
+            else:
+                mean = sum(m for m, _ in buffer) / len(buffer)
+                second = sum(s for _, s in buffer) / len(buffer)
+                std = max(second - mean**2, 0.0) ** 0.5
+            advantages[rows] = _standardise(rewards[rows], mean, std, f"prompt {prompt!r}")
+        return advantages
+
+    def state_dict(self) -> dict:
+        """JSON-serialisable state, for checkpoints."""
+        return {prompt: [list(item) for item in buffer] for prompt, buffer in self.buffers.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffers = {
+            prompt: deque((tuple(item) for item in items), maxlen=self.buffer_size) for prompt, items in state.items()
+        }
+
+
+def compute_advantages(
+    rewards: torch.Tensor,
+    prompts: Sequence[str],
+    normalization: Normalization,
+    clip_max: float | None,
+    tracker: PerPromptStatTracker | None = None,
+) -> torch.Tensor:
+    """Normalise rewards ([B] or [B, 1, h, w]) into advantages of the same shape, then clip to +-clip_max."""
+    if normalization == "none":
+        advantages = rewards.float()
+    elif normalization == "batch":
+        advantages = normalize_batch(rewards)
+    elif normalization == "per_prompt":
+        if tracker is None:
+            raise ValueError("per_prompt normalisation needs a PerPromptStatTracker")
+        advantages = tracker.update(prompts, rewards)
+    else:
+        raise ValueError(f"normalization = {normalization!r}: expected 'none', 'batch' or 'per_prompt'")
+    if clip_max is not None:
+        advantages = advantages.clamp(-clip_max, clip_max)
+    return advantages

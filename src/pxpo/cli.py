@@ -1,0 +1,159 @@
+"""The ``pxpo`` command: parse arguments, build objects, call the library. No algorithm code here."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+EPILOG_TRAIN = """examples:
+  pxpo train configs/blue_penalty.toml
+  pxpo train configs/blue_penalty.toml --set train.algorithm=ddpo --set run.num_epochs=20
+  pxpo train --resume runs/blue_penalty-20261123-101500          # continue from its last checkpoint
+  pxpo train --resume RUN --set run.num_epochs=30                # ... and train for longer
+"""
+
+EPILOG_SAMPLE = """examples:
+  pxpo sample tiny-random --prompt "red taxi in traffic" --seed 0 1 2 3
+  pxpo sample runs/blue_penalty-20261123-101500 --prompt "red taxi in traffic" --out taxi.png
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="pxpo", description="Fine-tune text-to-image diffusion models with pixel-wise feedback (PXPO) or DDPO."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train with PXPO or DDPO from a TOML config",
+        description="Train a diffusers pipeline with PXPO (per-pixel rewards) or DDPO (per-image rewards). "
+        "Every field of the config is described in docs/config.md. The run folder gets the resolved config, "
+        "metrics.jsonl, reward_curve.png, evolution.png, eval images, LoRA weights and checkpoints.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("config", nargs="?", help="TOML config file (optional with --resume: the run's config.toml is used)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config field; VALUE is read as TOML (repeatable)")
+    train.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its latest checkpoint")
+    train.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    sample = commands.add_parser(
+        "sample",
+        help="generate images from a model or a trained run",
+        description="Generate images with a base model (bundled name, folder or hub id) or a run folder "
+        "(its base model plus its trained LoRA or UNet), one image per seed, saved side by side in one PNG.",
+        epilog=EPILOG_SAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sample.add_argument("model", metavar="MODEL_OR_RUN", help="a bundled model name, a model folder, a hub id, or a run folder")
+    sample.add_argument("--prompt", required=True, help="the text prompt")
+    sample.add_argument("--seed", type=int, nargs="+", default=[0], help="one image per seed (default: 0)")
+    sample.add_argument("--num-steps", type=int, default=20, help="DDIM steps (default: 20)")
+    sample.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default: 5)")
+    sample.add_argument("--eta", type=float, default=1.0, help="DDIM noise weight, 0 to 1 (default: 1, as in training)")
+    sample.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from pxpo.config import ConfigError, load_config
+    from pxpo.trainer import Trainer
+
+    if args.resume:
+        run_config = Path(args.resume) / "config.toml"
+        if not run_config.is_file():
+            raise ConfigError(f"--resume {args.resume!r}: not a run folder (no config.toml)")
+        config = load_config(run_config, args.overrides)
+        if args.config:
+            _check_same_run(load_config(args.config, args.overrides), config, args.config)
+        trainer = Trainer(config, run_dir=args.resume, resume=True, progress=not args.no_progress)
+    else:
+        if not args.config:
+            raise ConfigError("pxpo train needs a CONFIG file (or --resume RUN)")
+        config = load_config(args.config, args.overrides)
+        trainer = Trainer(config, progress=not args.no_progress, config_name=Path(args.config).stem)
+    metrics = trainer.train()
+    last = metrics[-1]
+    print(f"run folder: {trainer.run.path}")
+    print(f"eval reward: {metrics[0]['eval_reward_mean']:.4f} (epoch 0) -> {last['eval_reward_mean']:.4f} (epoch {last['epoch']})")
+    return 0
+
+
+def _check_same_run(given, saved, path: str) -> None:
+    """A CONFIG given with --resume must describe the same run (run.num_epochs may differ)."""
+    from pxpo.config import ConfigError
+
+    a, b = given.model_dump(), saved.model_dump()
+    for cfg in (a, b):
+        cfg["run"].pop("num_epochs")
+        cfg["run"].pop("name")
+    diffs = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k)]
+    if diffs:
+        raise ConfigError(f"{path!r} differs from the run's config.toml in {', '.join(diffs)}: resume with the run's own config")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    import torch
+    from PIL import Image
+
+    from pxpo.config import load_config
+    from pxpo.io import save_image
+    from pxpo.models import load_pipeline
+    from pxpo.run_folder import RunFolder
+
+    if not 0 <= args.eta <= 1:
+        raise ValueError(f"--eta {args.eta}: expected a number from 0 to 1")
+    run = RunFolder(args.model)
+    if run.config.is_file():
+        pipe = load_pipeline(load_config(run.config).model.pretrained)
+        if run.lora.is_dir():
+            pipe.load_lora_weights(str(run.lora))
+        elif run.unet.is_dir():
+            from diffusers import UNet2DConditionModel
+
+            pipe.unet = UNet2DConditionModel.from_pretrained(str(run.unet))
+    else:
+        pipe = load_pipeline(args.model)
+    images = [
+        pipe(
+            args.prompt,
+            num_inference_steps=args.num_steps,
+            guidance_scale=args.guidance_scale,
+            eta=args.eta,
+            generator=torch.Generator().manual_seed(seed),
+        ).images[0]
+        for seed in args.seed
+    ]
+    strip = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)))
+    x = 0
+    for image in images:
+        strip.paste(image, (x, 0))
+        x += image.width
+    save_image(strip, args.out)
+    print(f"wrote {args.out} ({len(images)} image(s), seeds {args.seed})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as error:  # ConfigError and RewardError are ValueErrors
+        if args.verbose:
+            raise
+        print(f"pxpo {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

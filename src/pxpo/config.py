@@ -1,0 +1,261 @@
+"""The training configuration: typed, validated, every field documented.
+
+A config is a TOML file with the sections below; ``--set section.key=value`` overrides any field
+(the value is read as TOML, so ``--set train.learning_rate=1e-4`` is a float and
+``--set sample.prompts=["a", "b"]`` a list). Unknown keys, wrong types and impossible values stop
+the run before any work, with a message naming the key, the value and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+import tomli_w
+
+
+# Default clip ranges; benchmarks/clip_range.py measured how per-element ratios spread (docs/clip_range.md).
+DDPO_CLIP_RANGE = 1e-4
+PXPO_CLIP_RANGE = 1e-2
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the key, the value and what was expected."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    pretrained: str = Field("tiny-random", description="Base pipeline: a bundled name, a local folder or a hub id (org/name).")
+    lora: bool = Field(True, description="Train a LoRA adapter (peft) on the UNet; false fine-tunes the whole UNet.")
+    lora_rank: int = Field(4, gt=0, description="LoRA rank r.")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to the rank (scale 1).")
+    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in the backward pass to save memory.")
+    mixed_precision: Literal["no", "fp16", "bf16"] = Field(
+        "no", description="Frozen weights and autocast in half precision (GPU only; LoRA weights stay fp32)."
+    )
+
+    @field_validator("pretrained")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        from pxpo.models import check_model_reference
+
+        return check_model_reference(value)
+
+
+class SampleConfig(_Section):
+    prompts: list[str] = Field(["red taxi in traffic"], min_length=1, description="Training prompts, drawn uniformly for each sample.")
+    num_steps: int = Field(20, gt=0, description="DDIM steps T per sample.")
+    eta: float = Field(1.0, gt=0, description="DDIM noise weight; > 0, since eta = 0 is deterministic (no log-probability).")
+    guidance_scale: float = Field(5.0, ge=0, description="Classifier-free guidance weight (guidance is on when > 1).")
+    batch_size: int = Field(8, gt=0, description="Samples per sampling batch (per process).")
+    num_batches_per_epoch: int = Field(1, gt=0, description="Sampling batches per epoch (per process).")
+    height: int | None = Field(None, gt=0, description="Image height in pixels; defaults to the model's native size.")
+    width: int | None = Field(None, gt=0, description="Image width in pixels; defaults to the model's native size.")
+
+    @field_validator("prompts")
+    @classmethod
+    def _non_empty(cls, prompts: list[str]) -> list[str]:
+        for prompt in prompts:
+            if not prompt.strip():
+                raise ValueError("prompts must not be empty strings")
+        return prompts
+
+
+class TrainConfig(_Section):
+    algorithm: Literal["pxpo", "ddpo"] = Field("pxpo", description="pxpo: per-pixel advantages; ddpo: one advantage per image.")
+    learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
+    adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
+    adam_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
+    adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
+    batch_size: int = Field(4, gt=0, description="Samples per training batch (per process).")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Training batches whose gradients are summed per optimizer step.")
+    num_inner_epochs: int = Field(1, gt=0, description="Passes over each epoch's samples (PPO inner epochs).")
+    timestep_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the T steps trained per sample (a random subset).")
+    clip_range: float | None = Field(
+        None,
+        gt=0,
+        description="PPO clip range on the ratio; unset: 1e-4 for ddpo (element-mean ratio), PXPO_CLIP_RANGE for pxpo (per-element ratio).",
+    )
+    adv_clip_max: float = Field(5.0, gt=0, description="Advantages are clipped to +-this (inf: no clipping).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clipped to this before each optimizer step (inf: off).")
+
+
+class AdvantageConfig(_Section):
+    normalization: Literal["none", "batch", "per_prompt"] = Field(
+        "batch", description="none; batch (all pixels of all images); per_prompt (a buffer of recent images per prompt)."
+    )
+    interpolation: Literal["area", "bilinear"] = Field("area", description="Heatmap -> latent grid resampling (area keeps the mean).")
+    per_prompt_buffer_size: int = Field(32, gt=0, description="Images kept per prompt for per_prompt statistics.")
+    per_prompt_min_count: int = Field(16, gt=0, description="Images a prompt needs before its own statistics replace the batch's.")
+
+
+class RewardConfig(_Section):
+    name: str = Field("blue_penalty", description="A registered reward (pxpo.rewards.available()) or 'module:factory'.")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments for the reward's factory.")
+
+
+class EvalConfig(_Section):
+    seeds: list[int] = Field([0, 1, 2, 3], description="Fixed seeds sampled after every epoch (rows of the evolution grid).")
+    prompts: list[str] | None = Field(None, description="Prompts for the fixed seeds, cycled; defaults to sample.prompts.")
+
+
+class RunConfig(_Section):
+    output_dir: str = Field("runs", description="Folder in which the run folder is made.")
+    name: str | None = Field(None, description="Run folder name; defaults to the config file's name and the time.")
+    num_epochs: int = Field(10, gt=0, description="Epochs: each samples, rewards, computes advantages and updates.")
+    seed: int = Field(0, description="Seed of all randomness (sampling noise, prompt draws, shuffling).")
+    checkpoint_every: int = Field(5, gt=0, description="Write a checkpoint every this many epochs (and after the last).")
+    keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+
+
+class Config(_Section):
+    """A whole training run. Sections: model, sample, train, advantage, reward, eval, run."""
+
+    model: ModelConfig = ModelConfig()
+    sample: SampleConfig = SampleConfig()
+    train: TrainConfig = TrainConfig()
+    advantage: AdvantageConfig = AdvantageConfig()
+    reward: RewardConfig = RewardConfig()
+    eval: EvalConfig = EvalConfig()
+    run: RunConfig = RunConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        # Resolve defaults that depend on other fields, so the saved config says what ran.
+        if self.train.clip_range is None:
+            self.train.clip_range = DDPO_CLIP_RANGE if self.train.algorithm == "ddpo" else PXPO_CLIP_RANGE
+        if self.model.lora_alpha is None:
+            self.model.lora_alpha = float(self.model.lora_rank)
+        if self.eval.prompts is None:
+            self.eval.prompts = list(self.sample.prompts)
+        per_epoch = self.sample.batch_size * self.sample.num_batches_per_epoch
+        if per_epoch % self.train.batch_size:
+            raise ValueError(
+                f"train.batch_size = {self.train.batch_size} must divide the {per_epoch} samples per epoch "
+                "(sample.batch_size * sample.num_batches_per_epoch)"
+            )
+        batches = per_epoch // self.train.batch_size
+        if batches % self.train.gradient_accumulation_steps:
+            raise ValueError(
+                f"train.gradient_accumulation_steps = {self.train.gradient_accumulation_steps} must divide the "
+                f"{batches} training batches per epoch"
+            )
+        return self
+
+    @property
+    def num_train_timesteps(self) -> int:
+        """How many of the T steps are trained per sample."""
+        return max(1, math.floor(self.sample.num_steps * self.train.timestep_fraction))
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+
+
+def _format_errors(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "config"
+        if item["type"] == "extra_forbidden":
+            section = _section_fields(item["loc"][:-1])
+            lines.append(f"{key}: unknown key; expected one of {', '.join(section)}")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            shown = item.get("input")
+            value = "" if isinstance(shown, (dict, BaseModel)) else f" (got {shown!r})"
+            lines.append(f"{key}: {message}{value}")
+    return "\n".join(lines)
+
+
+def _section_fields(loc: tuple) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return []
+        model = annotation
+    return list(model.model_fields)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.learning_rate=1e-4"`` -> (["train", "learning_rate"], 1e-4); the value is read as TOML."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word is a string: --set model.pretrained=some/model
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` overrides to a raw config dict (a new dict is returned)."""
+    data = {section: dict(values) if isinstance(values, dict) else values for section, values in data.items()}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def validate_config(data: dict) -> Config:
+    """Build a Config from a raw dict, or raise ConfigError listing every problem."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError("invalid config:\n" + _format_errors(error)) from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
+    """Read a TOML config (or the defaults when ``path`` is None), apply overrides, validate."""
+    data: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file {str(path)!r} does not exist")
+        try:
+            data = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
+    return validate_config(apply_overrides(data, list(overrides)))
+
+
+def reference_markdown() -> str:
+    """docs/config.md: every section and field with its type, default and meaning."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `pxpo.config` by `python -m pxpo.config > docs/config.md` (a test checks it is current).",
+        "A config is a TOML file with these sections; `pxpo train CONFIG --set section.key=value` overrides a field.",
+        "",
+    ]
+    for section, field in Config.model_fields.items():
+        model = field.annotation
+        lines += [f"## [{section}]", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
+        for name, info in model.model_fields.items():
+            annotation = str(info.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+            default = "unset" if info.default is None else repr(info.default)
+            lines.append(f"| `{name}` | `{annotation}` | `{default}` | {info.description} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")

@@ -1,0 +1,95 @@
+"""Policy-gradient losses: PXPO (per-element advantages) and DDPO (one advantage per image).
+
+Both are the PPO clipped surrogate  mean( max(-A * ratio, -A * clip(ratio, 1 - eps, 1 + eps)) )
+with ratio = exp(log_prob - old_log_prob). They differ only in what a "element" is:
+
+- PXPO pairs every latent element's log-probability with the advantage at its own location
+  ([B, C, h, w] against [B, 1, h, w] or [B, C, h, w]) and averages over batch and elements;
+- DDPO uses the element-MEAN log-probability of each image ([B]) and one advantage per image.
+
+At ratio 1 with an advantage map that is constant over each image, both give the same gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class LossOutput:
+    """A loss and its diagnostics (scalars; the diagnostics carry no gradient).
+
+    Attributes:
+        loss: the clipped surrogate to minimise.
+        approx_kl: 0.5 * mean((log_prob - old_log_prob)^2), an estimate of KL(old || new).
+        clipfrac: the fraction of ratios outside [1 - clip_range, 1 + clip_range].
+    """
+
+    loss: torch.Tensor
+    approx_kl: torch.Tensor
+    clipfrac: torch.Tensor
+
+
+def clipped_surrogate(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> LossOutput:
+    """PPO's clipped surrogate averaged over all elements (shapes must broadcast to log_prob's)."""
+    if not clip_range > 0:
+        raise ValueError(f"clip_range = {clip_range!r}: expected a number > 0")
+    log_ratio = log_prob - old_log_prob
+    ratio = torch.exp(log_ratio)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        approx_kl = 0.5 * (log_ratio**2).mean()
+        clipfrac = ((ratio - 1.0).abs() > clip_range).float().mean()
+    return LossOutput(loss=loss, approx_kl=approx_kl, clipfrac=clipfrac)
+
+
+def pxpo_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> LossOutput:
+    """PXPO: each latent element's log-probability weighted by the advantage at its own location.
+
+    Args:
+        log_prob: current policy's per-element log-probabilities [B, C, h, w].
+        old_log_prob: the sampling policy's per-element log-probabilities [B, C, h, w].
+        advantages: per-location advantages [B, 1, h, w] (broadcast over channels) or [B, C, h, w].
+        clip_range: PPO clip range on each element's ratio.
+
+    Returns:
+        LossOutput with the mean over batch and elements.
+    """
+    if log_prob.ndim != 4 or log_prob.shape != old_log_prob.shape:
+        raise ValueError(
+            f"log_prob {tuple(log_prob.shape)} and old_log_prob {tuple(old_log_prob.shape)}: expected equal shapes [B, C, h, w]"
+        )
+    b, c, h, w = log_prob.shape
+    if advantages.shape not in {(b, 1, h, w), (b, c, h, w)}:
+        raise ValueError(f"advantages {tuple(advantages.shape)}: expected {(b, 1, h, w)} or {(b, c, h, w)}")
+    return clipped_surrogate(log_prob, old_log_prob, advantages, clip_range)
+
+
+def ddpo_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> LossOutput:
+    """DDPO: one advantage per image against the image's element-mean log-probability.
+
+    Args:
+        log_prob: current policy's element-mean log-probabilities [B].
+        old_log_prob: the sampling policy's element-mean log-probabilities [B].
+        advantages: [B].
+        clip_range: PPO clip range on the element-mean ratio (DDPO's default is 1e-4).
+
+    Returns:
+        LossOutput with the mean over the batch.
+    """
+    if log_prob.ndim != 1 or log_prob.shape != old_log_prob.shape or advantages.shape != log_prob.shape:
+        raise ValueError(
+            f"log_prob {tuple(log_prob.shape)}, old_log_prob {tuple(old_log_prob.shape)}, advantages "
+            f"{tuple(advantages.shape)}: expected three tensors of shape [B]"
+        )
+    return clipped_surrogate(log_prob, old_log_prob, advantages, clip_range)

@@ -1,0 +1,28 @@
+"""Heatmap rewards: plain callables ``fn(images, prompts, metadata) -> heatmaps``.
+
+- images: [B, 3, H, W] float in [0, 1]
+- prompts: list of B strings
+- metadata: list of B dicts (e.g. the sample's seed and prompt)
+- returns: [B, H, W] float pixel rewards (higher is better)
+
+A reward is built by a factory, ``factory(**kwargs) -> fn``, found by name in the registry
+(``pxpo.rewards.available()``) or by a ``"package.module:factory"`` path for your own.
+A scalar reward (one number per image) becomes a constant map with ``scalar_as_heatmap``.
+"""
+
+from pxpo.rewards.registry import RewardError, RewardFn, available, check_heatmaps, load_reward, register_reward
+from pxpo.rewards.colour import colour_channel
+from pxpo.rewards.scalar import jpeg_compressibility, jpeg_incompressibility, scalar_as_heatmap
+
+__all__ = [
+    "RewardError",
+    "RewardFn",
+    "available",
+    "check_heatmaps",
+    "colour_channel",
+    "jpeg_compressibility",
+    "jpeg_incompressibility",
+    "load_reward",
+    "register_reward",
+    "scalar_as_heatmap",
+]

@@ -1,0 +1,84 @@
+"""Finding reward factories by name or module path, and checking what a reward returns."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import torch
+
+
+class RewardFn(Protocol):
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        """images [B, 3, H, W] in [0, 1] -> pixel rewards [B, H, W]."""
+
+
+class RewardError(ValueError):
+    """A reward cannot be built, or returned something that is not a valid heatmap."""
+
+
+_REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+
+
+def register_reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., RewardFn]]:
+    """Decorator: register a reward factory under ``name``."""
+
+    def decorate(factory: Callable[..., RewardFn]) -> Callable[..., RewardFn]:
+        if name in _REGISTRY:
+            raise ValueError(f"a reward named {name!r} is already registered")
+        _REGISTRY[name] = factory
+        return factory
+
+    return decorate
+
+
+def available() -> list[str]:
+    """Names of the registered reward factories."""
+    return sorted(_REGISTRY)
+
+
+def _find_factory(name: str) -> Callable[..., RewardFn]:
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if ":" not in name:
+        raise RewardError(f"reward {name!r}: not a registered reward ({', '.join(available())}) nor a 'module:factory' path")
+    module_name, _, attr = name.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as error:
+        raise RewardError(f"reward {name!r}: cannot import module {module_name!r} ({error})") from error
+    factory = getattr(module, attr, None)
+    if not callable(factory):
+        raise RewardError(f"reward {name!r}: module {module_name!r} has no callable {attr!r}")
+    return factory
+
+
+def load_reward(name: str, **kwargs: Any) -> RewardFn:
+    """Build a reward: ``name`` is a registered name or ``"module:factory"``; kwargs go to the factory."""
+    factory = _find_factory(name)
+    try:
+        reward = factory(**kwargs)
+    except TypeError as error:
+        raise RewardError(f"reward {name!r} with arguments {kwargs}: {error}") from error
+    if not callable(reward):
+        raise RewardError(f"reward {name!r}: its factory returned {type(reward).__name__}, expected a callable")
+    return reward
+
+
+def check_heatmaps(heatmaps: Any, images: torch.Tensor, reward_name: str) -> torch.Tensor:
+    """Check that a reward returned finite float maps [B, H, W] matching ``images`` [B, 3, H, W]."""
+    b, _, h, w = images.shape
+    if not isinstance(heatmaps, torch.Tensor):
+        raise RewardError(f"reward {reward_name!r} returned {type(heatmaps).__name__}: expected a torch.Tensor of shape {[b, h, w]}")
+    if tuple(heatmaps.shape) != (b, h, w):
+        raise RewardError(f"reward {reward_name!r} returned shape {list(heatmaps.shape)}: expected {[b, h, w]}")
+    heatmaps = heatmaps.float()
+    bad = ~torch.isfinite(heatmaps)
+    if bool(bad.any()):
+        first = heatmaps[bad][0].item()
+        raise RewardError(
+            f"reward {reward_name!r} returned {int(bad.sum())} non-finite values (e.g. {first}) in images "
+            f"{sorted(set(bad.flatten(1).any(1).nonzero().flatten().tolist()))}: expected finite numbers"
+        )
+    return heatmaps

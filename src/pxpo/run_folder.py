@@ -1,0 +1,129 @@
+"""The run folder: what a training run leaves for people and for resuming.
+
+    RUN/
+      config.toml          the resolved config
+      metrics.jsonl        one JSON line per epoch (epoch 0: the base model's evaluation)
+      reward_curve.png     training and evaluation reward per epoch
+      evolution.png        fixed-seed samples (rows) across epochs (columns)
+      eval/epoch_0003/seed_0000.png ...
+      lora/                pytorch_lora_weights.safetensors (``pipe.load_lora_weights(RUN / "lora")``)
+      unet/                the fine-tuned UNet, when not training LoRA
+      checkpoints/epoch_0005/{trainable.safetensors, optimizer.safetensors, state.json}
+
+Every file is written atomically; checkpoints hold safetensors and JSON only (no pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from pxpo.io import atomic_directory, atomic_write_text, save_image
+
+CHECKPOINT_PREFIX = "epoch_"
+
+
+def to_pil(image: torch.Tensor) -> Image.Image:
+    """[3, H, W] float in [0, 1] -> PIL RGB image."""
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(np.ascontiguousarray(array))
+
+
+def flatten_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """An optimizer's state as named tensors (for safetensors) and its param groups (for JSON)."""
+    state_dict = optimizer.state_dict()
+    tensors = {
+        f"{index}.{name}": torch.as_tensor(value).detach().clone().contiguous()
+        for index, values in state_dict["state"].items()
+        for name, value in values.items()
+    }
+    return tensors, state_dict["param_groups"]
+
+
+def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], param_groups: list[dict]) -> dict:
+    """Inverse of ``flatten_optimizer_state``: a dict for ``optimizer.load_state_dict``."""
+    state: dict[int, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        index, name = key.split(".", 1)
+        state.setdefault(int(index), {})[name] = value
+    return {"state": state, "param_groups": param_groups}
+
+
+class RunFolder:
+    """Paths and readers/writers of one run folder."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.config = self.path / "config.toml"
+        self.metrics = self.path / "metrics.jsonl"
+        self.reward_curve = self.path / "reward_curve.png"
+        self.evolution = self.path / "evolution.png"
+        self.eval_dir = self.path / "eval"
+        self.lora = self.path / "lora"
+        self.unet = self.path / "unet"
+        self.checkpoints = self.path / "checkpoints"
+
+    # metrics -----------------------------------------------------------------------------------
+    def read_metrics(self) -> list[dict]:
+        if not self.metrics.exists():
+            return []
+        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
+
+    def append_metrics(self, record: dict) -> None:
+        """Add one epoch's line (rewrites the file atomically: it is small)."""
+        self.write_metrics([*self.read_metrics(), record])
+
+    def write_metrics(self, records: list[dict]) -> None:
+        atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
+
+    # evaluation images -------------------------------------------------------------------------
+    def eval_image_path(self, epoch: int, seed: int) -> Path:
+        return self.eval_dir / f"{CHECKPOINT_PREFIX}{epoch:04d}" / f"seed_{seed:04d}.png"
+
+    def save_eval_images(self, epoch: int, images: torch.Tensor, seeds: list[int]) -> None:
+        """images [N, 3, H, W] in [0, 1], one per seed."""
+        for image, seed in zip(images, seeds):
+            save_image(to_pil(image), self.eval_image_path(epoch, seed))
+
+    # checkpoints -------------------------------------------------------------------------------
+    def checkpoint_path(self, epoch: int) -> Path:
+        return self.checkpoints / f"{CHECKPOINT_PREFIX}{epoch:04d}"
+
+    def list_checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a half-written one is never listed: it is renamed in last)."""
+        if not self.checkpoints.is_dir():
+            return []
+        found = [p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
+        return sorted(p for p in found if (p / "state.json").exists())
+
+    def save_checkpoint(
+        self,
+        epoch: int,
+        trainable: dict[str, torch.Tensor],
+        optimizer: torch.optim.Optimizer,
+        state: dict,
+        keep: int,
+    ) -> Path:
+        """Write checkpoint ``epoch`` atomically and delete all but the ``keep`` newest."""
+        target = self.checkpoint_path(epoch)
+        tensors, param_groups = flatten_optimizer_state(optimizer)
+        with atomic_directory(target) as tmp:
+            save_file({k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
+            save_file(tensors, tmp / "optimizer.safetensors")
+            (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "param_groups": param_groups, **state}, indent=2))
+        for old in self.list_checkpoints()[:-keep]:
+            shutil.rmtree(old)
+        return target
+
+    @staticmethod
+    def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
+        """(trainable tensors, optimizer state_dict, state) from a checkpoint folder."""
+        state = json.loads((path / "state.json").read_text())
+        optimizer_state = unflatten_optimizer_state(load_file(path / "optimizer.safetensors"), state.pop("param_groups"))
+        return load_file(path / "trainable.safetensors"), optimizer_state, state

@@ -1,0 +1,393 @@
+"""The training loop: each epoch samples, rewards, computes advantages and updates the policy.
+
+    for epoch in 1..N:
+        trajectories = sample()                      # policy = UNet + DDIM(eta > 0), log-probs kept per element
+        heatmaps     = reward(trajectories.images)   # [B, H, W] from any black-box callable
+        advantages   = advantages(heatmaps)          # PXPO: [B, 1, h, w] on the latent grid; DDPO: [B]
+        update(trajectories, advantages)             # PPO-clipped surrogate, inner epochs, timestep subsets
+        evaluate()                                   # fixed seeds -> images, reward, evolution grid
+
+Every epoch's randomness is drawn from (run.seed, epoch), so a resumed run repeats an
+uninterrupted one exactly. accelerate handles devices, processes, mixed precision and gradient
+accumulation.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from diffusers.training_utils import cast_training_params
+from tqdm.auto import tqdm
+
+from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
+from pxpo.config import Config, ConfigError
+from pxpo.io import atomic_directory, atomic_write_text
+from pxpo.losses import LossOutput, ddpo_loss, pxpo_loss
+from pxpo.models import add_lora, load_pipeline, load_trainable_state_dict, save_lora, trainable_state_dict
+from pxpo.plots import pick_columns, plot_image_grid, plot_reward_curve
+from pxpo.rewards import RewardFn, check_heatmaps, load_reward
+from pxpo.run_folder import RunFolder
+from pxpo.sampling import Trajectories, recompute_log_prob, sample_trajectories
+
+logger = logging.getLogger(__name__)
+
+_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2}
+MAX_EVOLUTION_COLUMNS = 8
+
+
+def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
+    """A seed for one purpose of one epoch on one process, independent of everything before it."""
+    return int(np.random.SeedSequence([seed, epoch, _PURPOSES[purpose], process]).generate_state(1)[0])
+
+
+@dataclass
+class Batch:
+    """One epoch's data on this process: trajectories, rewards and advantages."""
+
+    trajectories: Trajectories
+    heatmaps: torch.Tensor  # [B, H, W] pixel rewards
+    advantages: torch.Tensor  # PXPO: [B, 1, h, w]; DDPO: [B]
+
+
+class Trainer:
+    """Fine-tunes a Stable-Diffusion-style pipeline with PXPO or DDPO.
+
+    Args:
+        config: the validated run configuration.
+        reward_fn: a heatmap reward callable; built from ``config.reward`` when None.
+        pipeline: a StableDiffusionPipeline with a DDIMScheduler; loaded from ``config.model`` when None.
+        run_dir: the run folder; a new one under ``config.run.output_dir`` when None.
+        resume: continue the run in ``run_dir`` from its latest checkpoint.
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        reward_fn: RewardFn | None = None,
+        pipeline=None,
+        run_dir: str | Path | None = None,
+        resume: bool = False,
+        progress: bool = True,
+        config_name: str = "run",
+    ) -> None:
+        self.config = config
+        self.progress = progress
+        self.reward_name = config.reward.name
+        self.reward_fn = reward_fn or load_reward(config.reward.name, **config.reward.kwargs)
+        if config.model.mixed_precision != "no" and not torch.cuda.is_available():
+            raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")
+        self.accelerator = Accelerator(
+            mixed_precision=config.model.mixed_precision,
+            gradient_accumulation_steps=config.train.gradient_accumulation_steps * config.num_train_timesteps,
+        )
+        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained)
+        self._prepare_models()
+        self.run = self._open_run_folder(run_dir, resume, config_name)
+        self.tracker = PerPromptStatTracker(config.advantage.per_prompt_buffer_size, config.advantage.per_prompt_min_count)
+        self.start_epoch = 1
+        if resume:
+            self._resume()
+
+    # set-up --------------------------------------------------------------------------------------
+    def _prepare_models(self) -> None:
+        cfg, pipe, acc = self.config.model, self.pipe, self.accelerator
+        weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
+        pipe.to(acc.device)
+        pipe.vae.requires_grad_(False)
+        pipe.text_encoder.requires_grad_(False)
+        frozen = [pipe.vae, pipe.text_encoder, pipe.unet] if cfg.lora else [pipe.vae, pipe.text_encoder]
+        if weight_dtype != torch.float32:
+            for module in frozen:
+                module.to(dtype=weight_dtype)
+        if cfg.lora:
+            add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha)
+            cast_training_params(pipe.unet, dtype=torch.float32)
+        else:
+            pipe.unet.requires_grad_(True)
+        if cfg.gradient_checkpointing:
+            pipe.unet.enable_gradient_checkpointing()
+        self.params = [p for p in pipe.unet.parameters() if p.requires_grad]
+        t = self.config.train
+        optimizer = torch.optim.AdamW(
+            self.params,
+            lr=t.learning_rate,
+            betas=(t.adam_beta1, t.adam_beta2),
+            weight_decay=t.adam_weight_decay,
+            eps=t.adam_epsilon,
+        )
+        # The prepared (possibly DDP-wrapped) UNet is used for training; pipe.unet for sampling.
+        self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
+
+    def _open_run_folder(self, run_dir: str | Path | None, resume: bool, config_name: str) -> RunFolder:
+        if run_dir is None:
+            name = self.config.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+            run_dir = Path(self.config.run.output_dir) / name
+        run = RunFolder(run_dir)
+        if resume:
+            if not run.config.exists():
+                raise ConfigError(f"cannot resume {str(run.path)!r}: it has no config.toml (not a run folder)")
+        elif run.path.exists() and any(run.path.iterdir()):
+            raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
+        if self.accelerator.is_main_process:
+            atomic_write_text(run.config, self.config.to_toml())
+        return run
+
+    def _resume(self) -> None:
+        checkpoints = self.run.list_checkpoints()
+        if not checkpoints:
+            logger.warning("%s has no checkpoint: starting from epoch 1", self.run.path)
+            self.run.write_metrics([])
+            return
+        trainable, optimizer_state, state = RunFolder.load_checkpoint(checkpoints[-1])
+        load_trainable_state_dict(self.accelerator.unwrap_model(self.unet), trainable)
+        self.optimizer.load_state_dict(optimizer_state)
+        self.tracker.load_state_dict(state["tracker"])
+        self.start_epoch = state["epoch"] + 1
+        if self.accelerator.is_main_process:
+            self.run.write_metrics([m for m in self.run.read_metrics() if m["epoch"] <= state["epoch"]])
+        logger.info("resumed %s from epoch %d", self.run.path, state["epoch"])
+
+    # the loop ------------------------------------------------------------------------------------
+    def train(self) -> list[dict]:
+        """Run the remaining epochs; return all metrics records of the run."""
+        cfg = self.config
+        if self.start_epoch == 1 and not self.run.read_metrics():
+            self._log({"epoch": 0, **self.evaluate(0)})
+        epochs = range(self.start_epoch, cfg.run.num_epochs + 1)
+        for epoch in tqdm(epochs, desc="epochs", disable=not self._show_progress):
+            record = self.run_epoch(epoch)
+            self._log(record)
+            if epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.run.num_epochs:
+                self.save_checkpoint(epoch)
+        self.accelerator.wait_for_everyone()
+        return self.run.read_metrics()
+
+    def run_epoch(self, epoch: int) -> dict:
+        """One epoch: sample -> reward -> advantage -> update -> evaluate. Returns its metrics."""
+        start = time.perf_counter()
+        trajectories = self.sample(epoch)
+        sampled = time.perf_counter()
+        heatmaps = self.reward(trajectories.images, trajectories.prompts, [{"prompt": p, "epoch": epoch} for p in trajectories.prompts])
+        rewarded = time.perf_counter()
+        batch = Batch(trajectories, heatmaps, self.advantages(heatmaps, trajectories.prompts))
+        stats = self.update(batch, epoch)
+        trained = time.perf_counter()
+        evaluation = self.evaluate(epoch)
+        image_rewards = self.accelerator.gather(heatmaps.mean(dim=(1, 2)))
+        return {
+            "epoch": epoch,
+            "reward_mean": image_rewards.mean().item(),
+            "reward_std": image_rewards.std(unbiased=False).item(),
+            **stats,
+            "sample_seconds": sampled - start,
+            "reward_seconds": rewarded - sampled,
+            "train_seconds": trained - rewarded,
+            **evaluation,
+        }
+
+    # sample ----------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, epoch: int) -> Trajectories:
+        """Sample this epoch's trajectories with the current policy."""
+        cfg, acc = self.config.sample, self.accelerator
+        process = acc.process_index
+        prompt_rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts", process))
+        noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
+        self.pipe.unet.eval()
+        parts = []
+        for _ in tqdm(range(cfg.num_batches_per_epoch), desc="sampling", leave=False, disable=not self._show_progress):
+            picks = torch.randint(len(cfg.prompts), (cfg.batch_size,), generator=prompt_rng).tolist()
+            with acc.autocast():
+                parts.append(
+                    sample_trajectories(
+                        self.pipe,
+                        [cfg.prompts[i] for i in picks],
+                        num_steps=cfg.num_steps,
+                        guidance_scale=cfg.guidance_scale,
+                        eta=cfg.eta,
+                        generator=noise_rng,
+                        height=cfg.height,
+                        width=cfg.width,
+                    )
+                )
+        return Trajectories.cat(parts)
+
+    # reward ----------------------------------------------------------------------------------------
+    def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        """Pixel rewards [B, H, W] for images [B, 3, H, W], checked for shape and finiteness."""
+        heatmaps = self.reward_fn(images, list(prompts), list(metadata))
+        return check_heatmaps(heatmaps, images, self.reward_name).to(images.device)
+
+    # advantage -------------------------------------------------------------------------------------
+    def advantages(self, heatmaps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
+        """Advantages of this process's samples, normalised with statistics over all processes.
+
+        PXPO: the heatmaps on the latent grid [B, 1, h, w]; DDPO: each image's pixel mean [B].
+        """
+        cfg, acc = self.config, self.accelerator
+        if cfg.train.algorithm == "pxpo":
+            latent_size = self.pipe.unet.config.sample_size
+            if cfg.sample.height:
+                latent_size = (cfg.sample.height // self.pipe.vae_scale_factor, cfg.sample.width // self.pipe.vae_scale_factor)
+            rewards = heatmap_to_latent(heatmaps, latent_size, cfg.advantage.interpolation)
+        else:
+            rewards = heatmaps.mean(dim=(1, 2))
+        all_rewards = acc.gather(rewards)
+        all_prompts = gather_object(list(prompts)) if acc.num_processes > 1 else list(prompts)
+        advantages = compute_advantages(
+            all_rewards, all_prompts, cfg.advantage.normalization, cfg.train.adv_clip_max, self.tracker
+        )
+        return advantages.reshape(acc.num_processes, -1, *rewards.shape[1:])[acc.process_index]
+
+    # update ----------------------------------------------------------------------------------------
+    def update(self, batch: Batch, epoch: int) -> dict:
+        """PPO inner epochs over shuffled samples and a random subset of steps; returns mean diagnostics."""
+        cfg, acc = self.config, self.accelerator
+        trajectories, advantages = batch.trajectories, batch.advantages
+        n, num_steps = len(trajectories), trajectories.timesteps.shape[0]
+        rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
+        loss_fn = pxpo_loss if cfg.train.algorithm == "pxpo" else ddpo_loss
+        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        grad_norms, count = [], 0
+        self.unet.train()
+        steps = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * cfg.num_train_timesteps
+        bar = tqdm(total=steps, desc="training", leave=False, disable=not self._show_progress)
+        for _ in range(cfg.train.num_inner_epochs):
+            order = torch.randperm(n, generator=rng)
+            step_order = torch.stack([torch.randperm(num_steps, generator=rng) for _ in range(n)])  # [n, T]
+            for rows in order.split(cfg.train.batch_size):
+                rows_device = rows.to(trajectories.latents.device)
+                for j in range(cfg.num_train_timesteps):
+                    step_index = step_order[rows, j].to(rows_device.device)
+                    with acc.accumulate(self.unet):
+                        output = self._loss(loss_fn, trajectories, advantages, rows_device, step_index)
+                        acc.backward(output.loss)
+                        if acc.sync_gradients:
+                            grad_norms.append(float(acc.clip_grad_norm_(self.params, cfg.train.max_grad_norm)))
+                        self.optimizer.step()
+                        self.optimizer.zero_grad(set_to_none=True)
+                    for key in totals:
+                        totals[key] += getattr(output, key).item()
+                    count += 1
+                    bar.update()
+        bar.close()
+        return {**{k: v / count for k, v in totals.items()}, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
+
+    def _loss(self, loss_fn, trajectories: Trajectories, advantages: torch.Tensor, rows: torch.Tensor, step_index: torch.Tensor) -> LossOutput:
+        sample_cfg = self.config.sample
+        with self.accelerator.autocast():
+            step = recompute_log_prob(
+                self.unet,
+                self.pipe.scheduler,
+                trajectories,
+                rows,
+                step_index,
+                guidance_scale=sample_cfg.guidance_scale,
+                eta=sample_cfg.eta,
+            )
+        old = trajectories.log_probs[rows, step_index]
+        if self.config.train.algorithm == "ddpo":
+            return loss_fn(step.log_prob.mean(dim=(1, 2, 3)), old.mean(dim=(1, 2, 3)), advantages[rows], self.config.train.clip_range)
+        return loss_fn(step.log_prob, old, advantages[rows], self.config.train.clip_range)
+
+    # evaluate --------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, epoch: int) -> dict:
+        """Fixed-seed samples: save them, score them, redraw the evolution grid and reward curve."""
+        if not self.accelerator.is_main_process:
+            return {}
+        start = time.perf_counter()
+        images = self.eval_images()
+        seeds, prompts = self.config.eval.seeds, self._eval_prompts()
+        heatmaps = self.reward(images, prompts, [{"prompt": p, "seed": s, "epoch": epoch} for p, s in zip(prompts, seeds)])
+        rewards = heatmaps.mean(dim=(1, 2))
+        self.run.save_eval_images(epoch, images, seeds)
+        return {
+            "eval_reward_mean": rewards.mean().item(),
+            "eval_reward_std": rewards.std(unbiased=False).item(),
+            "eval_seconds": time.perf_counter() - start,
+        }
+
+    @torch.no_grad()
+    def eval_images(self) -> torch.Tensor:
+        """The current policy's images [N, 3, H, W] for the fixed evaluation seeds."""
+        cfg = self.config.sample
+        device = self.accelerator.device
+        generators = [torch.Generator(device=device).manual_seed(s) for s in self.config.eval.seeds]
+        self.pipe.unet.eval()
+        with self.accelerator.autocast():
+            return sample_trajectories(
+                self.pipe,
+                self._eval_prompts(),
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                generator=generators,
+                height=cfg.height,
+                width=cfg.width,
+            ).images
+
+    def _eval_prompts(self) -> list[str]:
+        prompts = self.config.eval.prompts or self.config.sample.prompts
+        return [prompts[i % len(prompts)] for i in range(len(self.config.eval.seeds))]
+
+    # outputs ---------------------------------------------------------------------------------------
+    def _log(self, record: dict) -> None:
+        if not self.accelerator.is_main_process:
+            return
+        self.run.append_metrics(record)
+        metrics = self.run.read_metrics()
+        title = f"{self.config.train.algorithm.upper()} - {self.reward_name}"
+        plot_reward_curve(metrics, self.run.reward_curve, title=title)
+        self.plot_evolution()
+        shown = {k: round(v, 4) for k, v in record.items() if k in ("reward_mean", "eval_reward_mean", "approx_kl", "clipfrac")}
+        logger.info("epoch %d %s", record["epoch"], shown)
+
+    def plot_evolution(self) -> None:
+        """Rows: evaluation seeds; columns: epochs (at most MAX_EVOLUTION_COLUMNS, evenly spread)."""
+        epochs = [m["epoch"] for m in self.run.read_metrics()]
+        columns = pick_columns(epochs, MAX_EVOLUTION_COLUMNS)
+        seeds = self.config.eval.seeds
+        grid = [[self.run.eval_image_path(e, s) for e in columns] for s in seeds]
+        plot_image_grid(
+            grid,
+            [f"seed {s}" for s in seeds],
+            [f"epoch {e}" for e in columns],
+            self.run.evolution,
+            title=f"{self.config.train.algorithm.upper()}: {', '.join(dict.fromkeys(self._eval_prompts()))}",
+        )
+
+    def save_checkpoint(self, epoch: int) -> None:
+        """Checkpoint (weights, optimizer, advantage statistics) and the loadable LoRA or UNet."""
+        acc = self.accelerator
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            return
+        unet = acc.unwrap_model(self.unet)
+        self.run.save_checkpoint(
+            epoch,
+            trainable_state_dict(unet),
+            self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
+            {"tracker": self.tracker.state_dict()},
+            keep=self.config.run.keep_checkpoints,
+        )
+        if self.config.model.lora:
+            save_lora(unet, self.run.lora)
+        else:
+            with atomic_directory(self.run.unet) as tmp:
+                unet.save_pretrained(tmp, safe_serialization=True)
+
+    @property
+    def _show_progress(self) -> bool:
+        return self.progress and self.accelerator.is_main_process

@@ -1,0 +1,98 @@
+"""Every bad input stops the run before any work with a message naming the key, the value and what was expected."""
+
+import pytest
+import torch
+
+from pxpo.config import ConfigError, apply_overrides, load_config, validate_config
+from pxpo.rewards import RewardError
+from pxpo.trainer import Trainer
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"train": {"lerning_rate": 1e-3}}, "train.lerning_rate: unknown key; expected one of algorithm, learning_rate"),
+        ({"sampel": {}}, "sampel: unknown key; expected one of model, sample"),
+        ({"sample": {"num_steps": "20"}}, "sample.num_steps: Input should be a valid integer (got '20')"),
+        ({"sample": {"eta": 0.0}}, "sample.eta: Input should be greater than 0 (got 0.0)"),
+        ({"sample": {"batch_size": 0}}, "sample.batch_size: Input should be greater than 0 (got 0)"),
+        ({"sample": {"height": -64}}, "sample.height: Input should be greater than 0 (got -64)"),
+        ({"train": {"clip_range": 0.0}}, "train.clip_range: Input should be greater than 0 (got 0.0)"),
+        ({"train": {"algorithm": "grpo"}}, "train.algorithm: Input should be 'pxpo' or 'ddpo' (got 'grpo')"),
+        ({"train": {"timestep_fraction": 1.5}}, "train.timestep_fraction: Input should be less than or equal to 1 (got 1.5)"),
+        ({"model": {"pretrained": "./no/such/model"}}, "model.pretrained: './no/such/model' is not an existing folder"),
+        ({"sample": {"prompts": []}}, "sample.prompts: List should have at least 1 item"),
+        ({"train": {"batch_size": 3}}, "train.batch_size = 3 must divide the 8 samples per epoch"),
+    ],
+)
+def test_bad_values_are_named(data, message):
+    with pytest.raises(ConfigError) as info:
+        validate_config(data)
+    assert message in str(info.value)
+
+
+def test_toml_file_overrides_and_round_trip(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[train]\nalgorithm = "ddpo"\n[sample]\nprompts = ["a", "b"]\n')
+    config = load_config(path, ["train.learning_rate=2e-4", 'sample.prompts=["c"]', "model.pretrained=tiny-random"])
+    assert config.train.algorithm == "ddpo" and config.train.learning_rate == 2e-4 and config.sample.prompts == ["c"]
+    assert config.train.clip_range == 1e-4  # DDPO's default is resolved into the saved config
+    saved = tmp_path / "saved.toml"
+    saved.write_text(config.to_toml())
+    assert load_config(saved) == config
+
+
+def test_file_and_override_errors(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\n")
+    with pytest.raises(ConfigError, match="is not valid TOML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="expected section.key=value"):
+        apply_overrides({}, ["train.learning_rate"])
+
+
+def shape_reward(images, prompts, metadata):
+    return torch.zeros(images.shape[0], 8, 8)
+
+
+def nan_reward(images, prompts, metadata):
+    out = -images[:, 2].clone()
+    out[0, 0, 0] = float("nan")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("reward", "message"),
+    [(shape_reward, r"returned shape \[2, 8, 8\]: expected \[2, 64, 64\]"), (nan_reward, "1 non-finite values")],
+)
+def test_bad_reward_stops_at_the_first_call(make_config, tiny_pipe, reward, message):
+    config = make_config(reward={"name": "my_reward"})
+    trainer = Trainer(config, reward_fn=reward, pipeline=tiny_pipe, progress=False)
+    with pytest.raises(RewardError, match=message) as info:
+        trainer.train()
+    assert "'my_reward'" in str(info.value)
+    assert trainer.run.read_metrics() == []  # nothing was trained or logged
+
+
+def test_unknown_reward_stops_before_any_work(make_config):
+    config = make_config(reward={"name": "hair_penalty"})
+    with pytest.raises(RewardError, match="'hair_penalty': not a registered reward"):
+        Trainer(config, progress=False)
+
+
+def test_mixed_precision_without_gpu_is_refused(make_config):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")  # never in CI: CI machines have no GPU
+    with pytest.raises(ConfigError, match="model.mixed_precision = 'fp16' needs a GPU"):
+        Trainer(make_config(model={"mixed_precision": "fp16"}), progress=False)
+
+
+def test_config_reference_is_current():
+    from pathlib import Path
+
+    from pxpo.config import reference_markdown
+
+    docs = Path(__file__).parents[1] / "docs" / "config.md"
+    assert docs.read_text() == reference_markdown(), "regenerate with: python -m pxpo.config > docs/config.md"
