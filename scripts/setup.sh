@@ -4,7 +4,8 @@
 #
 #   torch: CPU machines get torch==2.13.0. To use your own build (e.g. CUDA), install it into .venv
 #   first (`python3 -m venv .venv && .venv/bin/pip install torch`); an importable torch is kept.
-#   Browser tests need Debian's chromium: PXPO_BROWSER=1 installs it with apt-get (needs root).
+#   The browser test needs Debian's chromium: PXPO_BROWSER=1 (set by scripts/test.sh) installs it
+#   with apt-get when /usr/bin/chromium is missing (as root, or with sudo). Never `playwright install`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,4 +30,12 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     fi
     "$VENV_PY" -m pip install --quiet -c requirements/constraints.txt -e ".[test]"
     echo "$want" > "$stamp"
+fi
+
+if [ "${PXPO_BROWSER:-0}" = 1 ] && ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then SUDO=""; elif command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else
+        echo "the browser test needs Debian's chromium: apt-get install chromium (as root)" >&2; exit 1
+    fi
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium >/dev/null
 fi

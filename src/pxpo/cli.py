@@ -57,7 +57,66 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default: 5)")
     sample.add_argument("--eta", type=float, default=1.0, help="DDIM noise weight, 0 to 1 (default: 1, as in training)")
     sample.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
+    app = commands.add_parser(
+        "app",
+        help="the human-feedback web app: paint + and - on an image, train one step, see the change",
+        description="Serve the human-feedback page. Each session is a run folder under --sessions (single-image mode: one "
+        "prompt and seed, one painted map per step); restarting the app continues a session where it stopped.",
+    )
+    app.add_argument("--sessions", default="sessions", help="folder of the sessions (default: sessions)")
+    app.add_argument("--model", default="pxpo-tiny", help="default model for new sessions (default: pxpo-tiny)")
+    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    app.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+
+    pretrain = commands.add_parser(
+        "pretrain",
+        help="re-train the bundled tiny models on the procedural world",
+        description="Render the procedural world and train the bundled text-to-image pipeline (pxpo-tiny: VAE, "
+        "then UNet and text encoder) and segmenter (pxpo-tiny-seg). Seeded and sized in steps: a re-run repeats the "
+        "work. The defaults are the bundled models' settings (about 50 minutes on 2 CPU cores).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    pretrain.add_argument("--out", default="pretrained", help="folder for pxpo-tiny/ and pxpo-tiny-seg/ (default: pretrained)")
+    pretrain.add_argument("--only", choices=["t2i", "segmenter"], help="train only one of the two")
+    pretrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a PretrainSettings field, e.g. unet_steps=100 (repeatable)")
     return parser
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from pxpo.config import parse_override
+    from pxpo.io import atomic_write_json
+    from pxpo.world.pretrain import PretrainSettings, pretrain
+
+    fields = {f.name: f.type for f in dataclasses.fields(PretrainSettings)}
+    values = {}
+    for text in args.overrides:
+        (key, *rest), value = parse_override(text)
+        if key not in fields or rest:
+            raise ValueError(f"--set {text!r}: unknown setting; expected one of {', '.join(fields)}")
+        expected = float if fields[key] == "float" else int
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"--set {text!r}: expected a number")
+        values[key] = expected(value)
+    settings = PretrainSettings(**values)
+    out = Path(args.out)
+    parts = (args.only,) if args.only else ("t2i", "segmenter")
+    stats = pretrain(out, settings, parts)
+    atomic_write_json(out / f"pretrain_stats_{'_'.join(parts)}.json", {"settings": dataclasses.asdict(settings), **stats})
+    print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    from pxpo.app.server import serve
+    from pxpo.models import check_model_reference
+
+    check_model_reference(args.model)
+    print(f"pxpo app: http://{args.host}:{args.port}/ (sessions in {args.sessions})")
+    serve(args.sessions, host=args.host, port=args.port, default_model=args.model)
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -80,7 +139,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     metrics = trainer.train()
     last = metrics[-1]
     print(f"run folder: {trainer.run.path}")
-    print(f"eval reward: {metrics[0]['eval_reward_mean']:.4f} (epoch 0) -> {last['eval_reward_mean']:.4f} (epoch {last['epoch']})")
+    if "eval_reward_mean" in last:
+        print(f"eval reward: {metrics[0]['eval_reward_mean']:.4f} (epoch 0) -> {last['eval_reward_mean']:.4f} (epoch {last['epoch']})")
     return 0
 
 
@@ -139,7 +199,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "pretrain": cmd_pretrain, "app": cmd_app}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,7 +38,7 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    pretrained: str = Field("tiny-random", description="Base pipeline: a bundled name, a local folder or a hub id (org/name).")
+    pretrained: str = Field("pxpo-tiny", description="Base pipeline: a bundled name (pxpo-tiny, tiny-random), a local folder or a hub id (org/name).")
     lora: bool = Field(True, description="Train a LoRA adapter (peft) on the UNet; false fine-tunes the whole UNet.")
     lora_rank: int = Field(4, gt=0, description="LoRA rank r.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to the rank (scale 1).")
@@ -62,6 +62,11 @@ class SampleConfig(_Section):
     guidance_scale: float = Field(5.0, ge=0, description="Classifier-free guidance weight (guidance is on when > 1).")
     batch_size: int = Field(8, gt=0, description="Samples per sampling batch (per process).")
     num_batches_per_epoch: int = Field(1, gt=0, description="Sampling batches per epoch (per process).")
+    single_image_seed: int | None = Field(
+        None,
+        description="Single-image mode: every epoch samples ONE image of prompts[0] from this seed (the same noise every "
+        "epoch), so feedback on the image shown trains exactly that trajectory. Needs batch sizes of 1.",
+    )
     height: int | None = Field(None, gt=0, description="Image height in pixels; defaults to the model's native size.")
     width: int | None = Field(None, gt=0, description="Image width in pixels; defaults to the model's native size.")
 
@@ -109,8 +114,11 @@ class RewardConfig(_Section):
 
 
 class EvalConfig(_Section):
-    seeds: list[int] = Field([0, 1, 2, 3], description="Fixed seeds sampled after every epoch (rows of the evolution grid).")
+    seeds: list[int] | None = Field(
+        None, min_length=1, description="Fixed seeds sampled after every epoch (rows of the evolution grid); unset: [0, 1, 2, 3], or the single image's seed."
+    )
     prompts: list[str] | None = Field(None, description="Prompts for the fixed seeds, cycled; defaults to sample.prompts.")
+    reward: bool = Field(True, description="Score the evaluation images with the reward (turn off when the reward is a person).")
 
 
 class RunConfig(_Section):
@@ -140,6 +148,21 @@ class Config(_Section):
             self.train.clip_range = DDPO_CLIP_RANGE if self.train.algorithm == "ddpo" else PXPO_CLIP_RANGE
         if self.model.lora_alpha is None:
             self.model.lora_alpha = float(self.model.lora_rank)
+        single = self.sample.single_image_seed
+        if single is not None:
+            sizes = {"sample.batch_size": self.sample.batch_size, "sample.num_batches_per_epoch": self.sample.num_batches_per_epoch,
+                     "train.batch_size": self.train.batch_size}
+            for key, value in sizes.items():
+                if value != 1:
+                    raise ValueError(f"{key} = {value}: single-image mode (sample.single_image_seed = {single}) needs 1")
+            if len(self.sample.prompts) != 1:
+                raise ValueError(f"sample.prompts has {len(self.sample.prompts)} prompts: single-image mode needs exactly 1")
+            if self.eval.seeds is None:
+                self.eval.seeds = [single]  # the image shown is the next epoch's sample
+            elif self.eval.seeds != [single]:
+                raise ValueError(f"eval.seeds = {self.eval.seeds}: single-image mode evaluates its own seed; leave it unset or [{single}]")
+        if self.eval.seeds is None:
+            self.eval.seeds = [0, 1, 2, 3]
         if self.eval.prompts is None:
             self.eval.prompts = list(self.sample.prompts)
         per_epoch = self.sample.batch_size * self.sample.num_batches_per_epoch

@@ -17,35 +17,52 @@ from pxpo.io import atomic_directory
 
 logger = logging.getLogger(__name__)
 
-# Names of models that pxpo builds or ships itself; anything else is a local folder or a hub id.
-BUILTIN_PIPELINES: dict[str, Callable[[], StableDiffusionPipeline]] = {}
+WEIGHTS = Path(__file__).parent / "world" / "weights"
+# Short names of the models pxpo ships (folders in the package) or builds in code.
+BUNDLED_PIPELINES = {"pxpo-tiny": WEIGHTS / "pxpo-tiny"}
+BUNDLED_SEGMENTERS = {"pxpo-tiny-seg": WEIGHTS / "pxpo-tiny-seg"}
+BUILT_PIPELINES: dict[str, Callable[[], StableDiffusionPipeline]] = {}
+DEFAULT_PIPELINE = "pxpo-tiny"
+DEFAULT_SEGMENTER = "pxpo-tiny-seg"
 _HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
 LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
-def _register_builtins() -> None:
+def _register_built() -> None:
     from pxpo.world.architecture import build_tiny_pipeline
 
-    BUILTIN_PIPELINES["tiny-random"] = build_tiny_pipeline
+    BUILT_PIPELINES["tiny-random"] = build_tiny_pipeline
 
 
-_register_builtins()
+_register_built()
 
 
-def check_model_reference(name_or_path: str) -> str:
+def check_model_reference(name_or_path: str, bundled: dict[str, Path] | None = None) -> str:
     """Check, without loading, that a model reference can mean something; return it.
 
-    Valid: a builtin name, an existing folder, or a hub id of the form ``org/name``.
+    Valid: a bundled or built-in name, an existing folder, or a hub id of the form ``org/name``.
     """
-    if name_or_path in BUILTIN_PIPELINES or Path(name_or_path).expanduser().is_dir():
+    names = {**BUNDLED_PIPELINES, **BUILT_PIPELINES} if bundled is None else bundled
+    if name_or_path in names or Path(name_or_path).expanduser().is_dir():
         return name_or_path
     looks_like_path = name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path
     if looks_like_path or not _HUB_ID.match(name_or_path):
         raise ValueError(
-            f"{name_or_path!r} is not an existing folder, a hub id (org/name) nor a bundled model "
-            f"({', '.join(sorted(BUILTIN_PIPELINES))})"
+            f"{name_or_path!r} is not an existing folder, a hub id (org/name) nor a bundled model ({', '.join(sorted(names))})"
         )
     return name_or_path
+
+
+def _resolve(name_or_path: str, bundled: dict[str, Path]) -> tuple[str, str]:
+    """(what to pass to from_pretrained, how to describe it in an error)."""
+    if name_or_path in bundled:
+        if not bundled[name_or_path].is_dir():
+            raise ValueError(f"bundled model {name_or_path!r} is missing from {bundled[name_or_path]} (re-run `pxpo pretrain`)")
+        return str(bundled[name_or_path]), f"bundled model {name_or_path!r}"
+    local = Path(name_or_path).expanduser()
+    if local.is_dir():
+        return str(local), f"folder {name_or_path!r}"
+    return name_or_path, f"hub id {name_or_path!r} (no local folder of that name; is the hub reachable?)"
 
 
 def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32) -> StableDiffusionPipeline:
@@ -57,20 +74,18 @@ def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32) -
     is loaded.
     """
     check_model_reference(name_or_path)
-    if name_or_path in BUILTIN_PIPELINES:
-        pipe = BUILTIN_PIPELINES[name_or_path]().to(dtype=torch_dtype)
+    if name_or_path in BUILT_PIPELINES:
+        pipe = BUILT_PIPELINES[name_or_path]()
+        if torch_dtype != torch.float32:
+            pipe.to(dtype=torch_dtype)
     else:
-        local = Path(name_or_path).expanduser()
+        source, what = _resolve(name_or_path, BUNDLED_PIPELINES)
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
-                str(local) if local.is_dir() else name_or_path,
-                dtype=torch_dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
+                source, dtype=torch_dtype, safety_checker=None, requires_safety_checker=False
             )
         except (OSError, ValueError) as error:
-            where = "folder" if local.is_dir() else "hub id (no local folder of that name; is the hub reachable?)"
-            raise ValueError(f"cannot load a StableDiffusionPipeline from {where} {name_or_path!r}: {error}") from error
+            raise ValueError(f"cannot load a StableDiffusionPipeline from {what}: {error}") from error
     config = dict(pipe.scheduler.config)
     if config.get("set_alpha_to_one", False):
         logger.info("set_alpha_to_one=True would make the last DDIM step deterministic; pxpo uses False")
@@ -78,6 +93,24 @@ def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32) -
     pipe.scheduler = DDIMScheduler.from_config(config)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def load_segmenter(name_or_path: str = DEFAULT_SEGMENTER):
+    """A transformers semantic-segmentation model (eval mode, with ``config.id2label``) and its image processor.
+
+    ``name_or_path``: the bundled ``"pxpo-tiny-seg"``, a local folder, or a hub id such as
+    ``"mattmdjaga/segformer_b2_clothes"``.
+    """
+    from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
+
+    check_model_reference(name_or_path, BUNDLED_SEGMENTERS)
+    source, what = _resolve(name_or_path, BUNDLED_SEGMENTERS)
+    try:
+        model = AutoModelForSemanticSegmentation.from_pretrained(source)
+        processor = AutoImageProcessor.from_pretrained(source)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot load a semantic-segmentation model from {what}: {error}") from error
+    return model.eval().requires_grad_(False), processor
 
 
 def add_lora(unet: torch.nn.Module, rank: int, alpha: float | None = None) -> None:

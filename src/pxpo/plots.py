@@ -38,7 +38,8 @@ def plot_reward_curve(metrics: Sequence[dict], path: str | Path, title: str = ""
     ax.set_ylabel("mean pixel reward")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if train or evals:
+        ax.legend()
     _save(fig, Path(path))
 
 

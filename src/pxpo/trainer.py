@@ -161,17 +161,24 @@ class Trainer:
     # the loop ------------------------------------------------------------------------------------
     def train(self) -> list[dict]:
         """Run the remaining epochs; return all metrics records of the run."""
-        cfg = self.config
-        if self.start_epoch == 1 and not self.run.read_metrics():
-            self._log({"epoch": 0, **self.evaluate(0)})
-        epochs = range(self.start_epoch, cfg.run.num_epochs + 1)
-        for epoch in tqdm(epochs, desc="epochs", disable=not self._show_progress):
-            record = self.run_epoch(epoch)
-            self._log(record)
-            if epoch % cfg.run.checkpoint_every == 0 or epoch == cfg.run.num_epochs:
-                self.save_checkpoint(epoch)
+        self.begin()
+        for epoch in tqdm(range(self.start_epoch, self.config.run.num_epochs + 1), desc="epochs", disable=not self._show_progress):
+            self.step(epoch)
         self.accelerator.wait_for_everyone()
         return self.run.read_metrics()
+
+    def begin(self) -> None:
+        """Evaluate the base model as epoch 0, unless the run already has (a resumed run)."""
+        if self.start_epoch == 1 and not self.run.read_metrics():
+            self.log_epoch({"epoch": 0, **self.evaluate(0)})
+
+    def step(self, epoch: int) -> dict:
+        """Run, log and (when due) checkpoint one epoch; return its metrics."""
+        record = self.run_epoch(epoch)
+        self.log_epoch(record)
+        if epoch % self.config.run.checkpoint_every == 0 or epoch == self.config.run.num_epochs:
+            self.save_checkpoint(epoch)
+        return record
 
     def run_epoch(self, epoch: int) -> dict:
         """One epoch: sample -> reward -> advantage -> update -> evaluate. Returns its metrics."""
@@ -203,7 +210,8 @@ class Trainer:
         cfg, acc = self.config.sample, self.accelerator
         process = acc.process_index
         prompt_rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts", process))
-        noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
+        noise_seed = cfg.single_image_seed if cfg.single_image_seed is not None else epoch_seed(self.config.run.seed, epoch, "sample", process)
+        noise_rng = torch.Generator(device=acc.device).manual_seed(noise_seed)
         self.pipe.unet.eval()
         parts = []
         for _ in tqdm(range(cfg.num_batches_per_epoch), desc="sampling", leave=False, disable=not self._show_progress):
@@ -310,14 +318,13 @@ class Trainer:
         start = time.perf_counter()
         images = self.eval_images()
         seeds, prompts = self.config.eval.seeds, self._eval_prompts()
-        heatmaps = self.reward(images, prompts, [{"prompt": p, "seed": s, "epoch": epoch} for p, s in zip(prompts, seeds)])
-        rewards = heatmaps.mean(dim=(1, 2))
         self.run.save_eval_images(epoch, images, seeds)
-        return {
-            "eval_reward_mean": rewards.mean().item(),
-            "eval_reward_std": rewards.std(unbiased=False).item(),
-            "eval_seconds": time.perf_counter() - start,
-        }
+        record = {}
+        if self.config.eval.reward:
+            heatmaps = self.reward(images, prompts, [{"prompt": p, "seed": s, "epoch": epoch} for p, s in zip(prompts, seeds)])
+            rewards = heatmaps.mean(dim=(1, 2))
+            record = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
+        return {**record, "eval_seconds": time.perf_counter() - start}
 
     @torch.no_grad()
     def eval_images(self) -> torch.Tensor:
@@ -343,7 +350,8 @@ class Trainer:
         return [prompts[i % len(prompts)] for i in range(len(self.config.eval.seeds))]
 
     # outputs ---------------------------------------------------------------------------------------
-    def _log(self, record: dict) -> None:
+    def log_epoch(self, record: dict) -> None:
+        """Append an epoch's metrics and redraw the reward curve and evolution grid."""
         if not self.accelerator.is_main_process:
             return
         self.run.append_metrics(record)

@@ -13,16 +13,23 @@ A scalar reward (one number per image) becomes a constant map with ``scalar_as_h
 from pxpo.rewards.registry import RewardError, RewardFn, available, check_heatmaps, load_reward, register_reward
 from pxpo.rewards.colour import colour_channel
 from pxpo.rewards.scalar import jpeg_compressibility, jpeg_incompressibility, scalar_as_heatmap
+from pxpo.rewards.segmentation import class_probabilities, segmentation
+from pxpo.rewards.human import PaintedFeedback, folder_feedback, simulated_annotator
 
 __all__ = [
+    "PaintedFeedback",
     "RewardError",
     "RewardFn",
     "available",
     "check_heatmaps",
+    "class_probabilities",
     "colour_channel",
+    "folder_feedback",
     "jpeg_compressibility",
     "jpeg_incompressibility",
     "load_reward",
     "register_reward",
     "scalar_as_heatmap",
+    "segmentation",
+    "simulated_annotator",
 ]

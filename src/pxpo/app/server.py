@@ -1,0 +1,111 @@
+"""``pxpo app``: paint + and - on an image, train one step, see the change.
+
+A FastAPI server and one static page (a plain canvas; see static/index.html). One training step runs
+at a time across all sessions: a request that finds one running is answered 409 "busy" at once,
+so nothing queues up. The server binds 127.0.0.1 unless told otherwise.
+
+API (JSON unless said):
+    GET  /api/sessions                          names of the sessions on disk
+    POST /api/sessions  {name, model, prompt, seed}   open (continue) or create a session -> state
+    GET  /api/sessions/{name}                   state: step, size, history of feedback per step
+    GET  /api/sessions/{name}/image/{step}      the image after that step (PNG)
+    POST /api/sessions/{name}/train?width=W&height=H   body: W*H int8 values in {-2, 0, 2} -> state
+    POST /api/sessions/{name}/export            draw the feedback-evolution figure -> paths
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict
+from starlette.concurrency import run_in_threadpool
+
+from pxpo.app.sessions import SessionError, SessionManager, parse_painted_map
+
+STATIC = Path(__file__).parent / "static"
+MAX_UPLOAD_BYTES = 4 * 2**20  # a 2048 x 2048 map
+
+
+class OpenSession(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    model: str | None = None
+    prompt: str | None = None
+    seed: int | None = None
+
+
+def create_app(sessions_dir: str | Path, default_model: str = "pxpo-tiny", max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+    """The app, serving sessions under ``sessions_dir``."""
+    manager = SessionManager(sessions_dir, default_model)
+    app = FastAPI(title="pxpo human feedback", docs_url=None, redoc_url=None)
+    app.state.manager = manager
+
+    @app.exception_handler(SessionError)
+    def session_error(request: Request, error: SessionError) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=error.status)
+
+    @app.exception_handler(ValueError)
+    def value_error(request: Request, error: ValueError) -> JSONResponse:  # bad model, config or reward
+        return JSONResponse({"detail": str(error)}, status_code=400)
+
+    def locked(work):
+        if not manager.lock.acquire(blocking=False):
+            raise HTTPException(409, "busy: a training step is running; try again when it has finished")
+        try:
+            return work()
+        finally:
+            manager.lock.release()
+
+    @app.get("/")
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html")
+
+    @app.get("/api/config")
+    def config() -> dict:
+        return {"default_model": manager.default_model, "max_upload_bytes": max_upload_bytes}
+
+    @app.get("/api/sessions")
+    def sessions() -> list[str]:
+        return manager.names()
+
+    @app.post("/api/sessions")
+    def open_session(body: OpenSession) -> dict:
+        return locked(lambda: manager.open(body.name, body.model, body.prompt, body.seed).state())
+
+    @app.get("/api/sessions/{name}")
+    def state(name: str) -> dict:
+        return manager.get(name).state()
+
+    @app.get("/api/sessions/{name}/image/{step}")
+    def image(name: str, step: int) -> FileResponse:
+        session = manager.get(name)
+        if not 0 <= step <= session.step:
+            raise SessionError(f"step {step}: session {name!r} has steps 0 to {session.step}", status=404)
+        return FileResponse(session.image_path(step), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.post("/api/sessions/{name}/train")
+    async def train(name: str, request: Request, width: int, height: int) -> dict:
+        declared = int(request.headers.get("content-length") or 0)
+        if declared > max_upload_bytes:
+            raise SessionError(f"feedback of {declared} bytes: the limit is {max_upload_bytes}", status=413)
+        body = await request.body()
+        session = manager.get(name)
+        values = parse_painted_map(body, width, height, session.image_size(), max_upload_bytes)
+        return await run_in_threadpool(locked, lambda: session.train_step(values))
+
+    @app.post("/api/sessions/{name}/export")
+    def export(name: str) -> dict:
+        session = manager.get(name)
+        figure = locked(session.export_figure)
+        return {"run_folder": str(session.folder), "lora": str(session.run.lora), "figure": str(figure)}
+
+    return app
+
+
+def serve(sessions_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, default_model: str = "pxpo-tiny") -> None:
+    """Run the app with uvicorn (blocking)."""
+    import uvicorn
+
+    uvicorn.run(create_app(sessions_dir, default_model), host=host, port=port, log_level="info")

@@ -1,0 +1,197 @@
+"""Human-feedback sessions on disk. A session is a run folder in single-image mode, plus the painted maps.
+
+    SESSIONS/<name>/
+      config.toml  metrics.jsonl  lora/  checkpoints/epoch_0001 ...   (a normal run folder)
+      eval/epoch_0003/seed_0042.png     the image after 3 steps (what the person paints on next)
+      feedback/step_0003.feedback.png   the map painted on that image (green +2, red -2)
+      feedback_evolution.png            images and painted feedback per step (the paper's Fig. 1 and 7)
+
+Step k trains epoch k + 1 on the map painted on image k. Every step writes a checkpoint, so a
+restarted app continues a session where it stopped.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from pxpo.config import Config, validate_config
+from pxpo.io import save_image
+from pxpo.plots import pick_columns, plot_image_grid
+from pxpo.rewards.human import ALLOWED_VALUES, PaintedFeedback, decode_feedback, encode_feedback, overlay_feedback
+from pxpo.run_folder import RunFolder
+
+SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class SessionError(ValueError):
+    """A request that cannot be served; ``status`` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def session_config(model: str, prompt: str, seed: int, folder: Path, learning_rate: float = 1e-2, num_inner_epochs: int = 2) -> Config:
+    """Single-image PXPO on a painted map: advantages are the painted values themselves (no normalisation)."""
+    return validate_config(
+        {
+            "model": {"pretrained": model},
+            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1},
+            "train": {"batch_size": 1, "learning_rate": learning_rate, "num_inner_epochs": num_inner_epochs},
+            "advantage": {"normalization": "none"},
+            "reward": {"name": "painted"},
+            "eval": {"reward": False},
+            "run": {"output_dir": str(folder.parent), "name": folder.name, "num_epochs": 1_000_000, "checkpoint_every": 1, "keep_checkpoints": 1_000_000},
+        }
+    )
+
+
+class Session:
+    """One person's image being trained step by step."""
+
+    def __init__(self, folder: Path, trainer, feedback: PaintedFeedback) -> None:
+        self.folder = folder
+        self.trainer = trainer
+        self.feedback = feedback
+        self.run = RunFolder(folder)
+
+    @property
+    def config(self) -> Config:
+        return self.trainer.config
+
+    @property
+    def step(self) -> int:
+        return len(self.run.read_metrics()) - 1
+
+    def image_path(self, step: int) -> Path:
+        return self.run.eval_image_path(step, self.config.sample.single_image_seed)
+
+    def feedback_path(self, step: int) -> Path:
+        return self.folder / "feedback" / f"step_{step:04d}.feedback.png"
+
+    def image_size(self) -> tuple[int, int]:
+        """(width, height) of the session's images."""
+        with Image.open(self.image_path(0)) as image:
+            return image.size
+
+    def train_step(self, values: np.ndarray) -> dict:
+        """Train one epoch on the map painted on the current image; return the new state."""
+        step = self.step
+        save_image(encode_feedback(values), self.feedback_path(step))
+        self.feedback.set(values)
+        self.trainer.step(step + 1)  # checkpoint_every = 1: every step is saved
+        return self.state()
+
+    def state(self) -> dict:
+        metrics = self.run.read_metrics()
+        history = [
+            {"step": m["epoch"] - 1, "feedback_mean": m["reward_mean"], "train_seconds": m["train_seconds"] + m["sample_seconds"]}
+            for m in metrics
+            if "reward_mean" in m
+        ]
+        width, height = self.image_size()
+        return {
+            "name": self.folder.name,
+            "model": self.config.model.pretrained,
+            "prompt": self.config.sample.prompts[0],
+            "seed": self.config.sample.single_image_seed,
+            "step": len(metrics) - 1,
+            "width": width,
+            "height": height,
+            "history": history,
+        }
+
+    def export_figure(self, max_columns: int = 8) -> Path:
+        """The paper's Fig. 1/7 layout: row 1 the image at each step, row 2 the feedback painted on it."""
+        steps = pick_columns(range(self.step + 1), max_columns)
+        overlays = []
+        for step in steps:
+            path = self.feedback_path(step)
+            if path.exists():
+                overlay = overlay_feedback(Image.open(self.image_path(step)), decode_feedback(Image.open(path)))
+                target = self.folder / "feedback" / f"step_{step:04d}.overlay.png"
+                save_image(overlay, target)
+                overlays.append(target)
+            else:
+                overlays.append(self.image_path(step))
+        figure = self.folder / "feedback_evolution.png"
+        plot_image_grid(
+            [[self.image_path(s) for s in steps], overlays],
+            ["image", "feedback"],
+            [f"step {s}" for s in steps],
+            figure,
+            title=f"{self.config.sample.prompts[0]} (seed {self.config.sample.single_image_seed})",
+        )
+        return figure
+
+
+class SessionManager:
+    """Sessions under one folder; one training step at a time across all of them."""
+
+    def __init__(self, root: str | Path, default_model: str = "pxpo-tiny") -> None:
+        self.root = Path(root).resolve()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.default_model = default_model
+        self.sessions: dict[str, Session] = {}
+        self.lock = threading.Lock()
+
+    def folder(self, name: str) -> Path:
+        if not isinstance(name, str) or not SESSION_NAME.match(name):
+            raise SessionError(f"session name {name!r}: expected 1-64 letters, digits, '-' or '_' (starting with a letter or digit)")
+        folder = (self.root / name).resolve()
+        if folder.parent != self.root:
+            raise SessionError(f"session name {name!r} leaves the sessions folder")
+        return folder
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if (p / "config.toml").is_file())
+
+    def open(self, name: str, model: str | None = None, prompt: str | None = None, seed: int | None = None) -> Session:
+        """Load an existing session (continuing from its last step), or create a new one."""
+        from pxpo.trainer import Trainer
+
+        folder = self.folder(name)
+        if name in self.sessions:
+            return self.sessions[name]
+        feedback = PaintedFeedback()
+        if (folder / "config.toml").is_file():
+            from pxpo.config import load_config
+
+            trainer = Trainer(load_config(folder / "config.toml"), reward_fn=feedback, run_dir=folder, resume=True, progress=False)
+        else:
+            if not prompt or not prompt.strip():
+                raise SessionError("a new session needs a prompt")
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise SessionError(f"seed {seed!r}: expected a whole number >= 0")
+            config = session_config(model or self.default_model, prompt.strip(), seed, folder)
+            trainer = Trainer(config, reward_fn=feedback, run_dir=folder, progress=False)
+            trainer.begin()
+        session = Session(folder, trainer, feedback)
+        self.sessions[name] = session
+        return session
+
+    def get(self, name: str) -> Session:
+        folder = self.folder(name)
+        if name not in self.sessions and not (folder / "config.toml").is_file():
+            raise SessionError(f"no session named {name!r}", status=404)
+        return self.open(name)
+
+
+def parse_painted_map(body: bytes, width: int, height: int, expected: tuple[int, int], max_bytes: int) -> np.ndarray:
+    """Check an uploaded map (int8 values, row-major, width x height) and return it as float32 [H, W]."""
+    if len(body) > max_bytes:
+        raise SessionError(f"feedback of {len(body)} bytes: the limit is {max_bytes}", status=413)
+    if (width, height) != expected:
+        raise SessionError(f"feedback of size {width}x{height}: the image is {expected[0]}x{expected[1]}")
+    if len(body) != width * height:
+        raise SessionError(f"feedback of {len(body)} bytes: expected {width * height} (one int8 per pixel, {width}x{height})")
+    values = np.frombuffer(body, dtype=np.int8).reshape(height, width)
+    bad = ~np.isin(values, ALLOWED_VALUES)
+    if bad.any():
+        raise SessionError(f"feedback holds {int(bad.sum())} values outside {list(ALLOWED_VALUES)} (e.g. {int(values[bad][0])})")
+    return values.astype(np.float32)

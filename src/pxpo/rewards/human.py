@@ -1,0 +1,143 @@
+"""Human feedback as heatmaps: painted maps, the folder protocol, and a simulated annotator.
+
+A painted map holds +2 where the image should have more of what is there, -2 where less, 0
+elsewhere (the paper's third experiment). As a PNG, pure green (0, 255, 0) is +2, pure red
+(255, 0, 0) is -2 and anything else 0; painted in any paint program, a pixel counts as green when
+its green channel exceeds 127 and the other two are below 128 (red likewise).
+
+The folder protocol (``reward.name = "folder_feedback"``) lets any tool drive training: for epoch k
+the trainer writes ``DIR/step_k.png`` (the image to judge) and waits until
+``DIR/step_k.feedback.png`` appears (same size, painted green and red), then trains on it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pxpo.io import save_image
+from pxpo.rewards.registry import RewardError, RewardFn, register_reward
+from pxpo.run_folder import to_pil
+
+FEEDBACK_VALUE = 2.0
+ALLOWED_VALUES = (-2, 0, 2)
+
+
+def encode_feedback(values: np.ndarray) -> Image.Image:
+    """A map [H, W] of {-2, 0, +2} as an RGB image: green +2, red -2, black 0."""
+    rgb = np.zeros((*values.shape, 3), dtype=np.uint8)
+    rgb[values > 0] = (0, 255, 0)
+    rgb[values < 0] = (255, 0, 0)
+    return Image.fromarray(rgb)
+
+
+def decode_feedback(image: Image.Image, value: float = FEEDBACK_VALUE) -> np.ndarray:
+    """An RGB(A) image painted green (+) and red (-) -> float32 map [H, W] of {-value, 0, +value}."""
+    rgb = np.asarray(image.convert("RGB")).astype(np.int16)
+    red, green, blue = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    out = np.zeros(rgb.shape[:2], dtype=np.float32)
+    out[(green > 127) & (red < 128) & (blue < 128)] = value
+    out[(red > 127) & (green < 128) & (blue < 128)] = -value
+    return out
+
+
+def overlay_feedback(image: Image.Image, values: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """The image with the painted feedback blended in (for figures)."""
+    base = np.asarray(image.convert("RGB")).astype(np.float32)
+    paint = np.asarray(encode_feedback(values)).astype(np.float32)
+    mask = (values != 0)[..., None]
+    return Image.fromarray(np.where(mask, (1 - alpha) * base + alpha * paint, base).round().astype(np.uint8))
+
+
+class PaintedFeedback:
+    """A reward that returns the map most recently painted (one image per query).
+
+    ``set(values)`` stores a map [H, W]; calling the reward returns it as [1, H, W], after checking
+    that it matches the image.
+    """
+
+    def __init__(self) -> None:
+        self.values: np.ndarray | None = None
+
+    def set(self, values: np.ndarray) -> None:
+        self.values = np.asarray(values, dtype=np.float32)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        if self.values is None:
+            raise RewardError("painted feedback: nothing has been painted yet")
+        if images.shape[0] != 1 or tuple(self.values.shape) != tuple(images.shape[-2:]):
+            raise RewardError(f"painted feedback of shape {list(self.values.shape)} for images of shape {list(images.shape)}: expected one image of the same size")
+        return torch.from_numpy(self.values)[None].to(images.device)
+
+
+@register_reward("folder_feedback")
+def folder_feedback(directory: str, timeout_seconds: float = 86_400.0, poll_seconds: float = 0.5) -> RewardFn:
+    """The folder protocol: write DIR/step_k.png, wait for DIR/step_k.feedback.png, return its map.
+
+    Args:
+        directory: the shared folder.
+        timeout_seconds: how long to wait for each feedback file before stopping with an error.
+        poll_seconds: how often to look for it.
+    """
+    folder = Path(directory)
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        maps = []
+        for image, meta in zip(images, metadata):
+            step = int(meta.get("epoch", 0))
+            save_image(to_pil(image), folder / f"step_{step}.png")
+            feedback = folder / f"step_{step}.feedback.png"
+            deadline = time.monotonic() + timeout_seconds
+            while not feedback.exists():
+                if time.monotonic() > deadline:
+                    raise RewardError(f"folder feedback: no {feedback} after {timeout_seconds:.0f} s")
+                time.sleep(poll_seconds)
+            painted = Image.open(feedback)
+            if painted.size != (image.shape[-1], image.shape[-2]):
+                raise RewardError(f"folder feedback: {feedback} is {painted.size[0]}x{painted.size[1]}; expected {image.shape[-1]}x{image.shape[-2]}")
+            maps.append(torch.from_numpy(decode_feedback(painted)))
+        return torch.stack(maps).to(images.device)
+
+    return reward
+
+
+@register_reward("simulated_annotator")
+def simulated_annotator(
+    model: str = "pxpo-tiny-seg",
+    increase: Sequence[str] = ("tree",),
+    decrease: Sequence[str] = ("water",),
+    value: float = FEEDBACK_VALUE,
+) -> RewardFn:
+    """A stand-in for a person: paints +value on the segmenter's ``increase`` classes and -value on ``decrease``.
+
+    Each pixel takes the segmenter's most likely class; 0 elsewhere (the paper's Fig. 1 feedback).
+    """
+    from pxpo.models import load_segmenter
+    from pxpo.rewards.segmentation import class_probabilities, resolve_classes
+
+    segmenter, processor = load_segmenter(model)
+    signs = resolve_classes(segmenter.config.id2label, {**{c: value for c in increase}, **{c: -value for c in decrease}}, model)
+
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        segmenter.to(images.device)
+        labels = class_probabilities(segmenter, processor, images).argmax(dim=1)
+        return signs.to(images.device)[labels]
+
+    return reward
+
+
+def class_fractions(images: torch.Tensor, classes: Sequence[str], model: str = "pxpo-tiny-seg") -> dict[str, list[float]]:
+    """Fraction of each image's pixels that the segmenter assigns to each class: {class: [B values]}."""
+    from pxpo.models import load_segmenter
+    from pxpo.rewards.segmentation import class_probabilities
+
+    segmenter, processor = load_segmenter(model)
+    labels = class_probabilities(segmenter, processor, images).argmax(dim=1)
+    by_name = {str(v).lower(): int(k) for k, v in segmenter.config.id2label.items()}
+    return {c: (labels == by_name[c]).float().mean(dim=(1, 2)).tolist() for c in classes}

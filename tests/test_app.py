@@ -1,0 +1,192 @@
+"""The human-feedback app's API: sessions, painted maps, bad input, busy, restart, export, folder protocol."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from pxpo.app.server import create_app
+from pxpo.app.sessions import SessionError, parse_painted_map
+from pxpo.config import validate_config
+from pxpo.rewards.human import decode_feedback, encode_feedback, folder_feedback
+from pxpo.run_folder import to_pil
+from pxpo.trainer import Trainer
+from pxpo.world.architecture import build_tiny_pipeline
+
+MODEL = "tiny-random"
+
+
+def painted(width=64, height=64):
+    values = np.zeros((height, width), dtype=np.int8)
+    values[8:24, 4:20] = 2
+    values[40:56, 40:60] = -2
+    return values
+
+
+@pytest.fixture
+def client(tmp_path):
+    with TestClient(create_app(tmp_path / "sessions", default_model=MODEL)) as c:
+        yield c
+
+
+def start(client, name="s1", seed=3):
+    response = client.post("/api/sessions", json={"name": name, "prompt": "nature landscape", "seed": seed})
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
+    state = start(client)
+    assert (state["step"], state["width"], state["height"], state["history"]) == (0, 64, 64, [])
+    assert client.get("/api/sessions").json() == ["s1"]
+    image0 = client.get("/api/sessions/s1/image/0")
+    assert image0.status_code == 200 and image0.headers["content-type"] == "image/png"
+
+    values = painted()
+    response = client.post("/api/sessions/s1/train?width=64&height=64", content=values.tobytes())
+    assert response.status_code == 200, response.text
+    state = response.json()
+    assert state["step"] == 1 and len(state["history"]) == 1
+    assert state["history"][0]["feedback_mean"] == pytest.approx(values.mean())
+
+    folder = tmp_path / "sessions" / "s1"
+    np.testing.assert_array_equal(decode_feedback(Image.open(folder / "feedback" / "step_0000.feedback.png")), values)
+    assert (folder / "checkpoints" / "epoch_0001" / "trainable.safetensors").is_file()
+    assert (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert client.get("/api/sessions/s1/image/1").status_code == 200
+    assert client.get("/api/sessions/s1/image/2").status_code == 404
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 65, "name with space"])
+def test_session_names_cannot_leave_the_folder(client, tmp_path, name):
+    response = client.post("/api/sessions", json={"name": name, "prompt": "p", "seed": 0})
+    assert response.status_code == 400 and "session name" in response.json()["detail"]
+    assert not (tmp_path / "evil").exists()
+    assert client.get("/api/sessions/..evil").status_code == 400
+
+
+def test_bad_uploads_get_4xx_and_the_app_keeps_serving(client):
+    start(client)
+    url = "/api/sessions/s1/train"
+    cases = [
+        (f"{url}?width=32&height=32", np.zeros(32 * 32, np.int8).tobytes(), 400, "the image is 64x64"),
+        (f"{url}?width=64&height=64", b"\x00" * 100, 400, "expected 4096"),
+        (f"{url}?width=64&height=64", np.full(4096, 5, np.int8).tobytes(), 400, "values outside [-2, 0, 2] (e.g. 5)"),
+        (f"{url}?width=64&height=64", b"\x00" * (4 * 2**20 + 1), 413, "the limit is"),
+        ("/api/sessions/nobody/train?width=64&height=64", np.zeros(4096, np.int8).tobytes(), 404, "no session named 'nobody'"),
+        (f"{url}?width=abc&height=64", b"", 422, ""),
+    ]
+    for path, body, status, message in cases:
+        response = client.post(path, content=body)
+        assert response.status_code == status, (path, response.text)
+        assert message in response.text
+    assert client.post("/api/sessions", json={"name": "s2", "prompt": "", "seed": 0}).status_code == 400
+    assert client.post("/api/sessions", json={"name": "s2", "prompt": "p", "seed": -1}).status_code == 400
+    assert client.post("/api/sessions", json={"name": "s2", "prompt": "p", "seed": 0, "model": "./nowhere"}).status_code == 400
+    assert client.get("/api/sessions/s1").json()["step"] == 0  # still serving, nothing trained
+
+
+def test_a_second_request_while_training_is_answered_busy(client):
+    start(client)
+    manager = client.app.state.manager
+    assert manager.lock.acquire(blocking=False)  # as if a step were running
+    try:
+        response = client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes())
+        assert response.status_code == 409 and "busy" in response.json()["detail"]
+        assert client.post("/api/sessions", json={"name": "s3", "prompt": "p", "seed": 0}).status_code == 409
+    finally:
+        manager.lock.release()
+    assert client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes()).status_code == 200
+
+
+def test_restart_continues_the_session_where_it_stopped(tmp_path):
+    sessions = tmp_path / "sessions"
+    with TestClient(create_app(sessions, default_model=MODEL)) as first:
+        start(first)
+        first.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes())
+    saved_image = np.asarray(Image.open(sessions / "s1" / "eval" / "epoch_0001" / "seed_0003.png"))
+
+    with TestClient(create_app(sessions, default_model=MODEL)) as second:  # a new process would see the same
+        assert second.get("/api/sessions/s1").json()["step"] == 1
+        state = second.post("/api/sessions", json={"name": "s1"}).json()
+        assert state["step"] == 1 and state["prompt"] == "nature landscape" and state["seed"] == 3
+        session = second.app.state.manager.get("s1")
+        # The restored weights regenerate exactly the image the person saw before the restart.
+        regenerated = np.asarray(to_pil(session.trainer.eval_images()[0]))
+        assert np.abs(regenerated.astype(int) - saved_image).max() <= 1
+        assert second.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes()).json()["step"] == 2
+        export = second.post("/api/sessions/s1/export").json()
+    assert Image.open(export["figure"]).size[0] > 100
+    pipe = build_tiny_pipeline(0)
+    pipe.load_lora_weights(export["lora"])  # the session is a normal run folder
+
+
+def test_parse_painted_map_directly():
+    values = parse_painted_map(painted().tobytes(), 64, 64, (64, 64), 10_000)
+    assert values.dtype == np.float32 and values.shape == (64, 64) and set(np.unique(values)) == {-2.0, 0.0, 2.0}
+    with pytest.raises(SessionError):
+        parse_painted_map(painted().tobytes(), 64, 64, (64, 64), 100)
+
+
+def test_feedback_png_round_trip_and_paint_program_colours():
+    values = painted().astype(np.float32)
+    np.testing.assert_array_equal(decode_feedback(encode_feedback(values)), values)
+    rgb = np.zeros((4, 4, 3), np.uint8)
+    rgb[0, 0] = (30, 200, 40)   # a painted green
+    rgb[1, 1] = (220, 20, 10)   # a painted red
+    rgb[2, 2] = (200, 200, 200)  # grey: no feedback
+    decoded = decode_feedback(Image.fromarray(rgb))
+    assert decoded[0, 0] == 2 and decoded[1, 1] == -2 and decoded[2, 2] == 0 and decoded.sum() == 0
+
+
+def test_folder_protocol_drives_training(tmp_path):
+    exchange = tmp_path / "exchange"
+    config = validate_config(
+        {
+            "model": {"pretrained": MODEL},
+            "sample": {"prompts": ["nature landscape"], "single_image_seed": 5, "batch_size": 1, "num_steps": 4},
+            "train": {"batch_size": 1},
+            "advantage": {"normalization": "none"},
+            "reward": {"name": "folder_feedback", "kwargs": {"directory": str(exchange), "timeout_seconds": 60, "poll_seconds": 0.05}},
+            "eval": {"reward": False},
+            "run": {"num_epochs": 2, "output_dir": str(tmp_path / "runs"), "name": "folder"},
+        }
+    )
+    seen = []
+
+    def annotator():  # a remote person: waits for each image, paints on it
+        import time
+
+        for step in (1, 2):
+            image = exchange / f"step_{step}.png"
+            while not image.exists():
+                time.sleep(0.05)
+            seen.append(Image.open(image).size)
+            encode_feedback(painted()).save(exchange / f"step_{step}.feedback.png")
+
+    thread = threading.Thread(target=annotator)
+    thread.start()
+    metrics = Trainer(config, progress=False).train()
+    thread.join(timeout=60)
+    assert seen == [(64, 64), (64, 64)]
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]
+    assert metrics[1]["reward_mean"] == pytest.approx(painted().mean())
+
+
+def test_single_image_mode_trains_the_image_that_was_shown(tmp_path):
+    config = validate_config(
+        {
+            "model": {"pretrained": MODEL},
+            "sample": {"prompts": ["nature landscape"], "single_image_seed": 11, "batch_size": 1, "num_steps": 5},
+            "train": {"batch_size": 1},
+            "run": {"num_epochs": 1, "output_dir": str(tmp_path), "name": "one"},
+        }
+    )
+    trainer = Trainer(config, progress=False)
+    shown = trainer.eval_images()
+    sampled = trainer.sample(1).images
+    torch.testing.assert_close(sampled, shown)
+    torch.testing.assert_close(trainer.sample(2).images, shown)  # same noise every epoch

@@ -1,0 +1,91 @@
+"""The page in a real browser (Debian's chromium driven by playwright): paint, train a step, see the result.
+
+Needs /usr/bin/chromium (scripts/setup.sh installs it with apt-get). CI runs this test; it never skips there.
+"""
+
+import os
+import shutil
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image
+
+from pxpo.app.server import create_app
+from pxpo.rewards.human import decode_feedback
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
+    pytest.skip("no chromium here (scripts/setup.sh installs it); CI always runs this test", allow_module_level=True)
+
+
+@pytest.fixture
+def server(tmp_path):
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    app = create_app(tmp_path / "sessions", default_model="tiny-random")  # the page is under test, not the model
+    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not uv.started:
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}", tmp_path / "sessions"
+    uv.should_exit = True
+    thread.join(timeout=10)
+
+
+def stroke(page, box, x0, y0, x1, y1):
+    """Drag the mouse across the canvas, from (x0, y0) to (x1, y1) in fractions of its size."""
+    page.mouse.move(box["x"] + x0 * box["width"], box["y"] + y0 * box["height"])
+    page.mouse.down()
+    for t in np.linspace(0, 1, 12):
+        page.mouse.move(box["x"] + (x0 + t * (x1 - x0)) * box["width"], box["y"] + (y0 + t * (y1 - y0)) * box["height"])
+    page.mouse.up()
+
+
+def test_paint_train_step_and_see_the_new_image(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, sessions = server
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                                     viewport={"width": 1280, "height": 1200})  # the whole canvas on screen
+        page = context.new_page()
+        page.goto(url)
+        page.fill("#session", "browser")
+        page.fill("#prompt", "nature landscape")
+        page.fill("#seed", "4")
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        page.wait_for_function("document.querySelector('#image').naturalWidth > 0")
+
+        box = page.locator("#paint").bounding_box()
+        page.fill("#size", "8")
+        page.click("#brush-plus")
+        stroke(page, box, 0.15, 0.2, 0.35, 0.2)       # a + stroke, top left
+        page.click("#brush-minus")
+        stroke(page, box, 0.6, 0.75, 0.85, 0.75)      # a - stroke, bottom right
+        page.click("#train")
+        page.wait_for_function("document.querySelector('#status').textContent.startsWith('Training')", timeout=5_000)
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        page.wait_for_function("document.querySelector('#image').dataset.step === '1' && document.querySelector('#image').complete")
+        assert page.locator("#reward-plot").get_attribute("data-points") == "1"
+        assert "Step 1 done" in page.locator("#status").text_content()
+        page.screenshot(path=str(tmp_path / "app.png"))
+        context.close()
+
+    values = decode_feedback(Image.open(sessions / "browser" / "feedback" / "step_0000.feedback.png"))
+    assert values.shape == (64, 64)
+    plus, minus = np.argwhere(values > 0), np.argwhere(values < 0)
+    assert len(plus) > 20 and len(minus) > 20
+    assert plus[:, 0].mean() < 20 and plus[:, 1].mean() < 30          # rows ~13, columns ~16
+    assert minus[:, 0].mean() > 40 and minus[:, 1].mean() > 35        # rows ~48, columns ~46
+    assert values[0, 63] == 0 and values[63, 0] == 0 and values[32, 32] == 0
+    first, second = (np.asarray(Image.open(sessions / "browser" / "eval" / f"epoch_{e:04d}" / "seed_0004.png")) for e in (0, 1))
+    assert first.shape == second.shape == (64, 64, 3)

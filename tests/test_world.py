@@ -1,0 +1,122 @@
+"""The procedural world, the bundled models and the segmentation reward."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+from pxpo.cli import main
+from pxpo.config import validate_config
+from pxpo.models import WEIGHTS, load_pipeline, load_segmenter
+from pxpo.rewards import RewardError, load_reward
+from pxpo.trainer import Trainer
+from pxpo.world.evaluate import segmenter_iou
+from pxpo.world.scenes import CLASSES, FAMILIES, FAMILY_PROMPTS, ID2LABEL, LABEL2ID, class_presence, render_scene
+
+
+def test_renderer_is_deterministic_and_seeds_differ():
+    a, b = render_scene(123), render_scene(123)
+    c = render_scene(124, a.family)
+    assert np.array_equal(a.image, b.image) and np.array_equal(a.labels, b.labels) and a.caption == b.caption
+    assert not np.array_equal(a.image, c.image)
+    assert a.image.shape == (64, 64, 3) and a.image.dtype == np.uint8 and a.labels.shape == (64, 64)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_labels_and_captions_agree_with_what_is_drawn(family):
+    for seed in range(40):
+        scene = render_scene(seed, family)
+        counts = np.bincount(scene.labels.ravel(), minlength=len(CLASSES))
+        assert scene.labels.max() < len(CLASSES)
+        assert scene.caption.startswith(FAMILY_PROMPTS[family])
+        assert all(class_presence(scene.labels, family).values()), (seed, scene.caption)
+        if "wearing a hat" in scene.caption:
+            assert scene.attributes["hat"] and counts[LABEL2ID["hat"]] > 0
+        if family == "beach":
+            assert (counts[LABEL2ID["hat"]] > 0) == scene.attributes["hat"]
+        if "snow mountains" in scene.caption:
+            assert counts[LABEL2ID["snow"]] > 0
+        if family == "landscape" and not scene.attributes["snow"]:
+            assert counts[LABEL2ID["snow"]] == 0
+        for time in ("night", "sunset"):
+            if f"at {time}" in scene.caption:
+                assert scene.attributes["time"] == time
+        # The label map is pixel-exact: a region of one class has one colour up to the texture noise.
+        for name in ("sand", "grass", "water"):  # (roads carry lane markings, also labelled road)
+            mask = scene.labels == LABEL2ID[name]
+            if mask.sum() > 50:
+                assert scene.image[mask].astype(float).std(axis=0).max() < 12, (seed, name)
+
+
+def test_day_sky_is_blue_and_taxi_is_red():
+    for seed in range(30):
+        scene = render_scene(seed, "taxi")
+        if scene.attributes["time"] != "day":
+            continue
+        sky = scene.image[scene.labels == LABEL2ID["sky"]].mean(axis=0)
+        assert sky[2] > sky[0]
+    taxi = render_scene(0, "taxi")
+    cars = taxi.image[taxi.labels == LABEL2ID["car"]].astype(float)
+    assert (cars[:, 0] > 1.5 * cars[:, 2]).mean() > 0.3  # a good share of car pixels is the red taxi
+
+
+def test_bundled_models_load_offline_through_the_public_loaders():
+    pipe = load_pipeline("pxpo-tiny")
+    assert isinstance(pipe, StableDiffusionPipeline) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert pipe.unet.config.sample_size == 16 and pipe.vae_scale_factor == 4
+    model, processor = load_segmenter("pxpo-tiny-seg")
+    assert {int(k): v for k, v in model.config.id2label.items()} == ID2LABEL
+    assert processor is not None
+    size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
+    assert size < 25 * 2**20, size
+
+
+def test_segmenter_iou_on_held_out_renders():
+    model, processor = load_segmenter("pxpo-tiny-seg")
+    ious = segmenter_iou(model, processor, num_images=60)
+    assert ious["mean_iou"] > 0.8, ious
+    for name in ("sky", "water", "tree", "road", "car", "sand", "hair"):
+        assert ious[name] > 0.7, (name, ious[name])
+
+
+def test_segmentation_reward_sign_shape_and_unknown_class():
+    scene = render_scene(3, "beach")
+    images = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float() / 255
+    heatmap = load_reward("segmentation", classes={"hair": -1.0})(images, ["p"], [{}])
+    assert heatmap.shape == (1, 64, 64)
+    hair, sky = scene.labels == LABEL2ID["hair"], scene.labels == LABEL2ID["sky"]
+    assert heatmap[0][torch.from_numpy(hair)].mean() < -0.5
+    assert heatmap[0][torch.from_numpy(sky)].mean() > -0.05
+    assert heatmap.max() <= 0
+    with pytest.raises(RewardError, match="has no class 'beard'; its classes are sky, sun"):
+        load_reward("segmentation", classes={"beard": -1.0})
+
+
+def test_hair_removal_run_lowers_hair_confidence(tmp_path):
+    config = validate_config(
+        {
+            "model": {"pretrained": "pxpo-tiny"},
+            "sample": {"prompts": [FAMILY_PROMPTS["beach"]], "num_steps": 10, "batch_size": 8},
+            "train": {"batch_size": 8, "learning_rate": 1e-2},
+            "reward": {"name": "segmentation", "kwargs": {"classes": {"hair": -1.0}}},
+            "eval": {"seeds": [0, 1, 2, 3]},
+            "run": {"num_epochs": 4, "output_dir": str(tmp_path), "name": "hair", "checkpoint_every": 4},
+        }
+    )
+    metrics = Trainer(config, progress=False).train()
+    before, after = metrics[0]["eval_reward_mean"], metrics[-1]["eval_reward_mean"]
+    assert after > before + 0.01 and after > 0.7 * before, (before, after)  # less hair confidence on the same seeds
+
+
+def test_pretrain_command_writes_loadable_models(tmp_path):
+    out = tmp_path / "weights"
+    args = ["pretrain", "--out", str(out)] + [f"--set={k}=2" for k in ("vae_steps", "unet_steps", "seg_steps")]
+    assert main(args + ["--set", "num_scenes=64", "--set", "vae_batch=8", "--set", "unet_batch=8", "--set", "seg_batch=8"]) == 0
+    load_pipeline(str(out / "pxpo-tiny"))
+    model, _ = load_segmenter(str(out / "pxpo-tiny-seg"))
+    assert model.config.num_labels == len(CLASSES)
+    stats = json.loads((out / "pretrain_stats_t2i_segmenter.json").read_text())
+    assert stats["settings"]["unet_steps"] == 2 and stats["unet_seconds"] > 0
+    assert main(["pretrain", "--out", str(out), "--set", "unet_stepz=3"]) == 2
