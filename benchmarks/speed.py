@@ -1,76 +1,144 @@
-"""Seconds per epoch, PXPO and DDPO side by side in one process (epochs interleaved).
+"""Where an epoch's time goes, PXPO and DDPO side by side in one process (epochs interleaved).
 
-Timings on shared machines are noisy: compare the two algorithms by their ratio, measured here in
-the same run, not against numbers from another run. Prints a markdown table; --out writes it.
+The time of one training epoch (sample -> reward -> advantage -> update; no evaluation) is split into
+UNet forward while sampling, VAE decode, reward, UNet forward and backward while training,
+optimizer, and everything else (the epoch's time minus those). The timers wrap the models'
+methods from outside the trainer; a UNet forward counts as training when gradients are on.
+Timings on shared machines are noisy: compare by ratios from the same run.
 
-    python benchmarks/speed.py --model tiny-random --samples 8 --steps 20 --epochs 3
+    python benchmarks/speed.py --samples 8 --steps 20 --epochs 3 --out docs/benchmarks/speed.md
+    python benchmarks/speed.py --model sd15-random --height 512 ...   (GPU: SD v1.5 size, random weights)
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import tempfile
+import time
+from collections import defaultdict
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import torch  # noqa: E402
 
 from pxpo.config import validate_config  # noqa: E402
 from pxpo.io import atomic_write_text  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
-PHASES = ["sample_seconds", "reward_seconds", "train_seconds"]
+PARTS = ["unet_forward_sampling", "vae_decode", "reward", "unet_forward_training", "backward", "optimizer", "other"]
+
+
+class Timers:
+    """Accumulates seconds per part; wraps callables so that each call is timed."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    def wrap(self, fn, part):
+        @functools.wraps(fn)
+        def timed(*args, **kwargs):
+            name = part(*args, **kwargs) if callable(part) else part
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                if torch.cuda.is_available():
+                    torch.cuda.synchronize()
+                self.seconds[name] += time.perf_counter() - start
+
+        return timed
+
+
+def instrument(trainer: Trainer, timers: Timers) -> None:
+    pipe = trainer.pipe
+    unet = pipe.unet
+    unet.forward = timers.wrap(unet.forward, lambda *a, **k: "unet_forward_training" if torch.is_grad_enabled() else "unet_forward_sampling")
+    pipe.vae.decode = timers.wrap(pipe.vae.decode, "vae_decode")
+    trainer.reward_fn = timers.wrap(trainer.reward_fn, "reward")
+    trainer.accelerator.backward = timers.wrap(trainer.accelerator.backward, "backward")
+    trainer.optimizer.step = timers.wrap(trainer.optimizer.step, "optimizer")
 
 
 def build_trainer(algorithm: str, args: argparse.Namespace, folder: str) -> Trainer:
     config = validate_config(
         {
-            "model": {"pretrained": args.model},
-            "sample": {"num_steps": args.steps, "batch_size": args.samples},
+            "model": {"pretrained": args.model, "gradient_checkpointing": args.gradient_checkpointing,
+                      "mixed_precision": args.mixed_precision},
+            "sample": {"num_steps": args.steps, "batch_size": args.samples, "height": args.height, "width": args.height},
             "train": {"algorithm": algorithm, "batch_size": args.train_batch_size},
             "eval": {"seeds": [0]},
             "run": {"num_epochs": args.epochs, "output_dir": folder, "name": algorithm},
         }
     )
-    return Trainer(config, progress=False)
+    pipeline = None
+    if args.model == "sd15-random":
+        from pxpo.world.architecture import build_sd15_random_pipeline
+
+        pipeline = build_sd15_random_pipeline()
+    return Trainer(config, pipeline=pipeline, progress=False)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", default="tiny-random")
+    parser.add_argument("--model", default="pxpo-tiny", help="a model reference, or sd15-random (SD v1.5 architecture, random weights)")
     parser.add_argument("--samples", type=int, default=8, help="samples per epoch")
     parser.add_argument("--train-batch-size", type=int, default=4)
     parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--height", type=int, default=None, help="image size in pixels (default: the model's)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per algorithm (the first is a warm-up, not counted)")
-    parser.add_argument("--out", help="write the markdown table here")
+    parser.add_argument("--gradient-checkpointing", action="store_true")
+    parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--out", help="write the markdown report here")
     args = parser.parse_args()
 
+    records: dict[str, list[dict]] = {"pxpo": [], "ddpo": []}
     with tempfile.TemporaryDirectory() as folder:
-        trainers = {alg: build_trainer(alg, args, folder) for alg in ["pxpo", "ddpo"]}
-        times: dict[str, list[dict]] = {alg: [] for alg in trainers}
+        trainers = {alg: build_trainer(alg, args, folder) for alg in records}
+        timers = {alg: Timers() for alg in records}
+        for alg, trainer in trainers.items():
+            instrument(trainer, timers[alg])
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
         for epoch in range(1, args.epochs + 1):
             for alg, trainer in trainers.items():  # interleaved: both see the same machine load
-                record = trainer.run_epoch(epoch)
-                times[alg].append(record)
-                print(alg, epoch, {k: round(record[k], 2) for k in PHASES}, flush=True)
+                timers[alg].seconds.clear()
+                start = time.perf_counter()
+                trainer.run_epoch(epoch, evaluate=False)
+                total = time.perf_counter() - start
+                parts = dict(timers[alg].seconds)
+                parts["other"] = total - sum(parts.values())
+                records[alg].append({"total": total, **parts})
+                print(alg, epoch, {k: round(v, 3) for k, v in records[alg][-1].items()}, flush=True)
+        peak_gb = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
-    measured = {alg: records[1:] or records for alg, records in times.items()}
-    median = {alg: {k: statistics.median(r[k] for r in records) for k in PHASES} for alg, records in measured.items()}
+    measured = {alg: rs[1:] or rs for alg, rs in records.items()}
+    median = {alg: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ["total", *PARTS]} for alg, rs in measured.items()}
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     lines = [
-        f"Tiny pipeline `{args.model}`, {args.samples} samples/epoch, {args.steps} DDIM steps, train batch {args.train_batch_size}, "
-        f"median of {len(measured['pxpo'])} epoch(s) after a warm-up, interleaved in one process.",
+        f"`{args.model}`, {args.samples} samples/epoch, {args.steps} DDIM steps, train batch {args.train_batch_size}, "
+        f"{device}; median of {len(measured['pxpo'])} epoch(s) after a warm-up, PXPO and DDPO interleaved in one process.",
         "",
-        "| algorithm | sampling s/epoch | reward s/epoch | training s/epoch | total s/epoch |",
-        "| --- | --- | --- | --- | --- |",
+        "| algorithm | total s/epoch | s/sample | " + " | ".join(PARTS) + " | outside model compute |",
+        "| --- |" + " --- |" * (len(PARTS) + 3),
     ]
     for alg, m in median.items():
-        lines.append(f"| {alg} | {m['sample_seconds']:.2f} | {m['reward_seconds']:.3f} | {m['train_seconds']:.2f} | {sum(m.values()):.2f} |")
-    ratio = sum(median["pxpo"].values()) / sum(median["ddpo"].values())
+        outside = (m["optimizer"] + m["other"]) / m["total"]  # not UNet, VAE or reward-model work
+        lines.append(
+            f"| {alg} | {m['total']:.2f} | {m['total'] / args.samples:.3f} | " + " | ".join(f"{m[k]:.3f}" for k in PARTS) + f" | {outside:.1%} |"
+        )
+    ratio = median["pxpo"]["total"] / median["ddpo"]["total"]
     lines += ["", f"PXPO / DDPO time per epoch: {ratio:.3f}"]
-    table = "\n".join(lines)
-    print(table)
+    if peak_gb is not None:
+        lines.append(f"Peak GPU memory: {peak_gb:.2f} GiB")
+    report = "\n".join(lines)
+    print(report)
     if args.out:
-        atomic_write_text(args.out, table + "\n")
+        atomic_write_text(args.out, report + "\n")
 
 
 if __name__ == "__main__":

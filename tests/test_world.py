@@ -107,7 +107,8 @@ def test_hair_removal_run_lowers_hair_confidence(tmp_path):
     )
     metrics = Trainer(config, progress=False).train()
     before, after = metrics[0]["eval_reward_mean"], metrics[-1]["eval_reward_mean"]
-    assert after > before + 0.01 and after > 0.7 * before, (before, after)  # less hair confidence on the same seeds
+    # Same seeds before and after: at least 20 % less hair confidence (hair covers ~2 % of these images).
+    assert before < 0 and after > 0.8 * before, (before, after)
 
 
 def test_pretrain_command_writes_loadable_models(tmp_path):
@@ -120,3 +121,19 @@ def test_pretrain_command_writes_loadable_models(tmp_path):
     stats = json.loads((out / "pretrain_stats_t2i_segmenter.json").read_text())
     assert stats["settings"]["unet_steps"] == 2 and stats["unet_seconds"] > 0
     assert main(["pretrain", "--out", str(out), "--set", "unet_stepz=3"]) == 2
+
+
+def test_simulated_annotator_moves_trees_and_water_the_requested_way(tmp_path):
+    from pxpo.config import load_config
+    from pxpo.rewards.human import class_fractions
+
+    config = load_config(
+        "configs/human_sim_more_trees.toml",
+        ["sample.num_steps=10", "run.num_epochs=5", f"run.output_dir={str(tmp_path)!r}", "run.name='sim'", "run.checkpoint_every=5"],
+    )
+    trainer = Trainer(config, progress=False)
+    start = class_fractions(trainer.eval_images(), ["tree", "water"])
+    trainer.train()
+    end = class_fractions(trainer.eval_images(), ["tree", "water"])
+    assert end["tree"][0] > start["tree"][0] + 0.01, (start, end)
+    assert end["water"][0] < start["water"][0] - 0.01, (start, end)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
+from diffusers import StableDiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
@@ -68,6 +69,7 @@ class Trainer:
         run_dir: the run folder; a new one under ``config.run.output_dir`` when None.
         resume: continue the run in ``run_dir`` from its latest checkpoint.
         progress: show progress bars.
+        config_name: names a new run folder (with the time) when ``config.run.name`` is unset.
     """
 
     def __init__(
@@ -75,7 +77,7 @@ class Trainer:
         config: Config,
         *,
         reward_fn: RewardFn | None = None,
-        pipeline=None,
+        pipeline: StableDiffusionPipeline | None = None,
         run_dir: str | Path | None = None,
         resume: bool = False,
         progress: bool = True,
@@ -91,9 +93,11 @@ class Trainer:
             mixed_precision=config.model.mixed_precision,
             gradient_accumulation_steps=config.train.gradient_accumulation_steps * config.num_train_timesteps,
         )
+        self.run = self._check_run_folder(run_dir, resume, config_name)  # before any slow work
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained)
         self._prepare_models()
-        self.run = self._open_run_folder(run_dir, resume, config_name)
+        if self.accelerator.is_main_process:
+            atomic_write_text(self.run.config, self.config.to_toml())
         self.tracker = PerPromptStatTracker(config.advantage.per_prompt_buffer_size, config.advantage.per_prompt_min_count)
         self.start_epoch = 1
         if resume:
@@ -129,7 +133,7 @@ class Trainer:
         # The prepared (possibly DDP-wrapped) UNet is used for training; pipe.unet for sampling.
         self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
 
-    def _open_run_folder(self, run_dir: str | Path | None, resume: bool, config_name: str) -> RunFolder:
+    def _check_run_folder(self, run_dir: str | Path | None, resume: bool, config_name: str) -> RunFolder:
         if run_dir is None:
             name = self.config.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
             run_dir = Path(self.config.run.output_dir) / name
@@ -139,8 +143,6 @@ class Trainer:
                 raise ConfigError(f"cannot resume {str(run.path)!r}: it has no config.toml (not a run folder)")
         elif run.path.exists() and any(run.path.iterdir()):
             raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
-        if self.accelerator.is_main_process:
-            atomic_write_text(run.config, self.config.to_toml())
         return run
 
     def _resume(self) -> None:
@@ -180,7 +182,7 @@ class Trainer:
             self.save_checkpoint(epoch)
         return record
 
-    def run_epoch(self, epoch: int) -> dict:
+    def run_epoch(self, epoch: int, evaluate: bool = True) -> dict:
         """One epoch: sample -> reward -> advantage -> update -> evaluate. Returns its metrics."""
         start = time.perf_counter()
         trajectories = self.sample(epoch)
@@ -190,7 +192,7 @@ class Trainer:
         batch = Batch(trajectories, heatmaps, self.advantages(heatmaps, trajectories.prompts))
         stats = self.update(batch, epoch)
         trained = time.perf_counter()
-        evaluation = self.evaluate(epoch)
+        evaluation = self.evaluate(epoch) if evaluate else {}
         image_rewards = self.accelerator.gather(heatmaps.mean(dim=(1, 2)))
         return {
             "epoch": epoch,
@@ -216,20 +218,23 @@ class Trainer:
         parts = []
         for _ in tqdm(range(cfg.num_batches_per_epoch), desc="sampling", leave=False, disable=not self._show_progress):
             picks = torch.randint(len(cfg.prompts), (cfg.batch_size,), generator=prompt_rng).tolist()
-            with acc.autocast():
-                parts.append(
-                    sample_trajectories(
-                        self.pipe,
-                        [cfg.prompts[i] for i in picks],
-                        num_steps=cfg.num_steps,
-                        guidance_scale=cfg.guidance_scale,
-                        eta=cfg.eta,
-                        generator=noise_rng,
-                        height=cfg.height,
-                        width=cfg.width,
-                    )
-                )
+            parts.append(self._sample([cfg.prompts[i] for i in picks], noise_rng))
         return Trajectories.cat(parts)
+
+    def _sample(self, prompts: list[str], generator) -> Trajectories:
+        """Trajectories of the current policy with the config's sampler settings."""
+        cfg = self.config.sample
+        with self.accelerator.autocast():
+            return sample_trajectories(
+                self.pipe,
+                prompts,
+                num_steps=cfg.num_steps,
+                guidance_scale=cfg.guidance_scale,
+                eta=cfg.eta,
+                generator=generator,
+                height=cfg.height,
+                width=cfg.width,
+            )
 
     # reward ----------------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
@@ -329,21 +334,10 @@ class Trainer:
     @torch.no_grad()
     def eval_images(self) -> torch.Tensor:
         """The current policy's images [N, 3, H, W] for the fixed evaluation seeds."""
-        cfg = self.config.sample
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in self.config.eval.seeds]
         self.pipe.unet.eval()
-        with self.accelerator.autocast():
-            return sample_trajectories(
-                self.pipe,
-                self._eval_prompts(),
-                num_steps=cfg.num_steps,
-                guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
-                generator=generators,
-                height=cfg.height,
-                width=cfg.width,
-            ).images
+        return self._sample(self._eval_prompts(), generators).images
 
     def _eval_prompts(self) -> list[str]:
         prompts = self.config.eval.prompts or self.config.sample.prompts

@@ -131,3 +131,30 @@ def build_tiny_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         feature_extractor=None,
         requires_safety_checker=False,
     )
+
+
+def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
+    """Stable Diffusion v1.5's architecture (860M-parameter UNet, 512 px, 4 x 64 x 64 latents) with random
+    weights and a tiny vocabulary: for speed and memory measurements where no checkpoint can be downloaded."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer(max_length=77)
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+            max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    )
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # the SD v1 defaults otherwise
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(**scheduler_config()),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )

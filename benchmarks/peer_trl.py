@@ -1,0 +1,133 @@
+"""pxpo's DDPO against TRL 0.23.1's DDPOTrainer (the one runnable public peer), on the same bundled pipeline.
+
+Same samples per epoch, DDIM steps, guidance, eta, LoRA (rank 4 on to_q/k/v/out), learning rate, train
+batch, clip range (1e-4) and reward (the blue penalty, per image). Each trainer runs in its own
+process (TRL in its own venv, .venv-trl, made by this script on first use); the processes alternate
+pxpo, TRL, pxpo, TRL... so both see the same machine load. Reports seconds per epoch (median after
+the first epoch) and peak resident memory, and their ratios.
+
+    python benchmarks/peer_trl.py --epochs 3 --rounds 2 --out docs/benchmarks/peer_trl.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TRL_VENV = ROOT / ".venv-trl"
+TRL_PACKAGES = ["torch==2.13.0", "trl==0.23.1", "diffusers==0.42.1", "transformers==5.23.0", "peft==0.21.2",
+                "accelerate==1.15.0", "safetensors==0.8.0"]  # fmt: skip
+
+
+def ensure_trl_venv() -> Path:
+    python = TRL_VENV / "bin" / "python"
+    if not python.exists() or subprocess.run([str(python), "-c", "import trl"], capture_output=True).returncode:
+        subprocess.run([sys.executable, "-m", "venv", str(TRL_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *TRL_PACKAGES], check=True)
+    return python
+
+
+def pxpo_child(args: argparse.Namespace) -> None:
+    """Run pxpo's DDPO for args.epochs epochs and print one JSON line per epoch (like trl_runner.py)."""
+    import tempfile
+
+    from pxpo.config import validate_config
+    from pxpo.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as folder:
+        config = validate_config(
+            {
+                "model": {"pretrained": args.model, "lora": True, "lora_rank": 4},
+                "sample": {"prompts": [args.prompt], "num_steps": args.steps, "guidance_scale": args.guidance_scale, "eta": 1.0,
+                           "batch_size": args.samples},
+                "train": {"algorithm": "ddpo", "batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
+                          "clip_range": 1e-4},
+                "eval": {"seeds": [0]},
+                "run": {"num_epochs": args.epochs, "output_dir": folder, "name": "peer", "seed": args.seed},
+            }
+        )
+        trainer = Trainer(config, progress=False)
+        for epoch in range(1, args.epochs + 1):
+            start = time.perf_counter()
+            trainer.run_epoch(epoch, evaluate=False)
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            print(json.dumps({"epoch": epoch, "seconds": time.perf_counter() - start, "peak_rss_mb": peak}), flush=True)
+
+
+def run(command: list[str]) -> list[dict]:
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    if done.returncode:
+        raise RuntimeError(f"{command[:2]} failed:\n{done.stderr[-3000:]}")
+    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None, help="pipeline folder (default: the bundled pxpo-tiny)")
+    parser.add_argument("--samples", type=int, default=8)
+    parser.add_argument("--train-batch-size", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--epochs", type=int, default=3, help="epochs per process; the first is a warm-up")
+    parser.add_argument("--rounds", type=int, default=2, help="alternations of pxpo and TRL")
+    parser.add_argument("--guidance-scale", type=float, default=5.0)
+    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--prompt", default="red taxi in traffic")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--child", choices=["pxpo"], help=argparse.SUPPRESS)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    if args.model is None:
+        from pxpo.models import BUNDLED_PIPELINES
+
+        args.model = str(BUNDLED_PIPELINES["pxpo-tiny"])
+    if args.child:
+        return pxpo_child(args)
+
+    trl_python = ensure_trl_venv()
+    shared = ["--model", args.model, "--samples", str(args.samples), "--train-batch-size", str(args.train_batch_size),
+              "--steps", str(args.steps), "--epochs", str(args.epochs), "--guidance-scale", str(args.guidance_scale),
+              "--learning-rate", str(args.learning_rate), "--prompt", args.prompt, "--seed", str(args.seed)]  # fmt: skip
+    results: dict[str, list[dict]] = {"pxpo": [], "trl": []}
+    for round_ in range(args.rounds):
+        for who, command in [("pxpo", [sys.executable, __file__, "--child", "pxpo", *shared]),
+                             ("trl", [str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), *shared])]:
+            epochs = run(command)
+            results[who].append({"seconds": statistics.median(e["seconds"] for e in epochs[1:] or epochs),
+                                 "peak_rss_mb": max(e["peak_rss_mb"] for e in epochs)})
+            print(who, round_, results[who][-1], flush=True)
+
+    seconds = {w: statistics.median(r["seconds"] for r in rs) for w, rs in results.items()}
+    memory = {w: max(r["peak_rss_mb"] for r in rs) for w, rs in results.items()}
+    per_round = [p["seconds"] / t["seconds"] for p, t in zip(results["pxpo"], results["trl"])]
+    lines = [
+        f"DDPO, bundled `pxpo-tiny`, {args.samples} samples/epoch, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
+        f"LoRA rank 4, train batch {args.train_batch_size}, lr {args.learning_rate}, CPU ({os.cpu_count()} cores); "
+        f"{args.rounds} alternating rounds of {args.epochs} epochs per process (first epoch of each a warm-up).",
+        "",
+        "| trainer | s/epoch (median) | peak RSS (MB) |",
+        "| --- | --- | --- |",
+        f"| pxpo (ddpo) | {seconds['pxpo']:.2f} | {memory['pxpo']:.0f} |",
+        f"| TRL 0.23.1 DDPOTrainer | {seconds['trl']:.2f} | {memory['trl']:.0f} |",
+        "",
+        f"pxpo / TRL time per epoch: {seconds['pxpo'] / seconds['trl']:.3f} (per round: {', '.join(f'{r:.3f}' for r in per_round)}); "
+        f"peak memory: {memory['pxpo'] / memory['trl']:.3f}",
+    ]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        from pxpo.io import atomic_write_text
+
+        atomic_write_text(args.out, report + "\n")
+
+
+if __name__ == "__main__":
+    main()

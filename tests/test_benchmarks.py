@@ -1,0 +1,41 @@
+"""Tiny smoke runs of the benchmark scripts, so that they keep working (benchmarks are not tests)."""
+
+import py_compile
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script, *args, cwd=ROOT):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True, text=True, cwd=cwd, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
+def test_speed_smoke(tmp_path):
+    out = tmp_path / "speed.md"
+    stdout = run("speed.py", "--model", "tiny-random", "--samples", "2", "--train-batch-size", "2", "--steps", "2", "--epochs", "1", "--out", str(out))
+    assert "PXPO / DDPO time per epoch" in stdout and "unet_forward_sampling" in out.read_text()
+
+
+def test_clip_range_smoke(tmp_path):
+    out = tmp_path / "clip.md"
+    run("clip_range.py", "--lrs", "1e-3", "--samples", "2", "--steps", "2", "--out", str(out))
+    assert "PXPO clipfrac @0.002" in out.read_text()
+
+
+def test_sample_efficiency_smoke(tmp_path):
+    stdout = run("sample_efficiency.py", "--tasks", "blue", "two", "--seeds", "1", "--lrs", "1e-2", "--epochs", "1",
+                 "--num-steps", "2", "--samples", "2", "--out", str(tmp_path))
+    report = (tmp_path / "sample_efficiency.md").read_text()
+    assert "## blue" in report and "## two" in report and (tmp_path / "sample_efficiency_two.png").is_file(), stdout
+
+
+def test_peer_trl_pxpo_side_smoke_and_runner_compiles():
+    # The TRL side needs its own 300 MB venv (.venv-trl); CI runs pxpo's side and checks the runner compiles.
+    stdout = run("peer_trl.py", "--child", "pxpo", "--model", "tiny-random", "--samples", "2", "--train-batch-size", "2",
+                 "--steps", "2", "--epochs", "1")
+    assert '"seconds"' in stdout
+    py_compile.compile(str(ROOT / "benchmarks" / "trl_runner.py"), doraise=True)
