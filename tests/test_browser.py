@@ -29,7 +29,8 @@ if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
 def server(tmp_path):
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
-    app = create_app(tmp_path / "sessions", default_model="tiny-random")  # the page is under test, not the model
+    # The page is under test, not the model; PXPO_APP_MODEL=pxpo-tiny for a screenshot worth looking at.
+    app = create_app(tmp_path / "sessions", default_model=os.environ.get("PXPO_APP_MODEL", "tiny-random"))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -77,7 +78,7 @@ def test_paint_train_step_and_see_the_new_image(server, tmp_path):
         page.wait_for_function("document.querySelector('#image').dataset.step === '1' && document.querySelector('#image').complete")
         assert page.locator("#reward-plot").get_attribute("data-points") == "1"
         assert "Step 1 done" in page.locator("#status").text_content()
-        page.screenshot(path=str(tmp_path / "app.png"))
+        page.screenshot(path=os.environ.get("PXPO_SCREENSHOT") or str(tmp_path / "app.png"))  # docs/images/app.png
         context.close()
 
     values = decode_feedback(Image.open(sessions / "browser" / "feedback" / "step_0000.feedback.png"))

@@ -64,8 +64,9 @@ class SampleConfig(_Section):
     num_batches_per_epoch: int = Field(1, gt=0, description="Sampling batches per epoch (per process).")
     single_image_seed: int | None = Field(
         None,
-        description="Single-image mode: every epoch samples ONE image of prompts[0] from this seed (the same noise every "
-        "epoch), so feedback on the image shown trains exactly that trajectory. Needs batch sizes of 1.",
+        description="Single-image mode: every epoch samples ONE image of prompts[0] from the same initial noise (this seed; "
+        "the steps' noise is drawn per epoch); the image shown after epoch k is exactly the trajectory epoch k + 1 trains "
+        "on. Needs batch sizes of 1.",
     )
     height: int | None = Field(None, gt=0, description="Image height in pixels; defaults to the model's native size.")
     width: int | None = Field(None, gt=0, description="Image width in pixels; defaults to the model's native size.")

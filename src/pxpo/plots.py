@@ -57,7 +57,7 @@ def plot_image_grid(
 ) -> None:
     """A grid of image files: grid[row][column]."""
     rows, columns = len(grid), len(grid[0])
-    fig, axes = plt.subplots(rows, columns, figsize=(1.4 * columns + 0.6, 1.4 * rows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.4 * columns + 0.6, 1.4 * rows + 0.4), squeeze=False, layout="compressed")
     for r, row in enumerate(grid):
         for c, image_path in enumerate(row):
             ax = axes[r][c]

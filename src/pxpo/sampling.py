@@ -226,6 +226,7 @@ def sample_trajectories(
     generator: Generator = None,
     height: int | None = None,
     width: int | None = None,
+    initial_noise: torch.Tensor | None = None,
     progress: bool = False,
 ) -> Trajectories:
     """Sample one trajectory per prompt with the pipeline's UNet as the policy.
@@ -242,6 +243,8 @@ def sample_trajectories(
         eta: DDIM noise weight, > 0.
         generator: torch generator, or a list of B generators.
         height, width: image size in pixels; defaults to the UNet's sample size times the VAE factor.
+        initial_noise: x_T [B, C, h, w] to start from; drawn from ``generator`` when None (the
+            generator then also draws the steps' noise).
         progress: show a progress bar over the steps.
 
     Returns:
@@ -255,7 +258,7 @@ def sample_trajectories(
     prompt_embeds, negative_embeds = encode_prompts(pipe, prompts, guidance_scale)
     scheduler.set_timesteps(num_steps, device=pipe.device)
     latents = pipe.prepare_latents(
-        len(prompts), unet.config.in_channels, height, width, torch.float32, pipe.device, generator
+        len(prompts), unet.config.in_channels, height, width, torch.float32, pipe.device, generator, latents=initial_noise
     )
     all_latents, all_log_probs = [latents], []
     for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):

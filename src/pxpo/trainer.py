@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 _PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2}
 MAX_EVOLUTION_COLUMNS = 8
+MAX_EVOLUTION_ROWS = 8
 
 
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
@@ -212,16 +213,17 @@ class Trainer:
         cfg, acc = self.config.sample, self.accelerator
         process = acc.process_index
         prompt_rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts", process))
-        noise_seed = cfg.single_image_seed if cfg.single_image_seed is not None else epoch_seed(self.config.run.seed, epoch, "sample", process)
-        noise_rng = torch.Generator(device=acc.device).manual_seed(noise_seed)
+        noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
         self.pipe.unet.eval()
+        if cfg.single_image_seed is not None:  # the same x_T every epoch, fresh noise for the steps
+            return self._sample([cfg.prompts[0]], noise_rng, self._single_image_noise())
         parts = []
         for _ in tqdm(range(cfg.num_batches_per_epoch), desc="sampling", leave=False, disable=not self._show_progress):
             picks = torch.randint(len(cfg.prompts), (cfg.batch_size,), generator=prompt_rng).tolist()
             parts.append(self._sample([cfg.prompts[i] for i in picks], noise_rng))
         return Trajectories.cat(parts)
 
-    def _sample(self, prompts: list[str], generator) -> Trajectories:
+    def _sample(self, prompts: list[str], generator, initial_noise: torch.Tensor | None = None) -> Trajectories:
         """Trajectories of the current policy with the config's sampler settings."""
         cfg = self.config.sample
         with self.accelerator.autocast():
@@ -234,7 +236,16 @@ class Trainer:
                 generator=generator,
                 height=cfg.height,
                 width=cfg.width,
+                initial_noise=initial_noise,
             )
+
+    def _single_image_noise(self) -> torch.Tensor:
+        """Single-image mode's x_T [1, C, h, w], drawn from sample.single_image_seed."""
+        cfg, device = self.config.sample, self.accelerator.device
+        factor = self.pipe.vae_scale_factor
+        size = self.pipe.unet.config.sample_size
+        shape = (1, self.pipe.unet.config.in_channels, cfg.height // factor if cfg.height else size, cfg.width // factor if cfg.width else size)
+        return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(cfg.single_image_seed), device=device)
 
     # reward ----------------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
@@ -321,7 +332,7 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return {}
         start = time.perf_counter()
-        images = self.eval_images()
+        images = self.eval_images(epoch)
         seeds, prompts = self.config.eval.seeds, self._eval_prompts()
         self.run.save_eval_images(epoch, images, seeds)
         record = {}
@@ -332,8 +343,14 @@ class Trainer:
         return {**record, "eval_seconds": time.perf_counter() - start}
 
     @torch.no_grad()
-    def eval_images(self) -> torch.Tensor:
-        """The current policy's images [N, 3, H, W] for the fixed evaluation seeds."""
+    def eval_images(self, epoch: int) -> torch.Tensor:
+        """The current policy's images [N, 3, H, W] for the fixed evaluation seeds, after ``epoch`` epochs.
+
+        In single-image mode this is the trajectory that epoch + 1 will sample and train on, so the
+        image a person judges is exactly the one their feedback trains.
+        """
+        if self.config.sample.single_image_seed is not None:
+            return self.sample(epoch + 1).images
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in self.config.eval.seeds]
         self.pipe.unet.eval()
@@ -357,10 +374,10 @@ class Trainer:
         logger.info("epoch %d %s", record["epoch"], shown)
 
     def plot_evolution(self) -> None:
-        """Rows: evaluation seeds; columns: epochs (at most MAX_EVOLUTION_COLUMNS, evenly spread)."""
+        """Rows: the first MAX_EVOLUTION_ROWS evaluation seeds; columns: epochs (at most MAX_EVOLUTION_COLUMNS, evenly spread)."""
         epochs = [m["epoch"] for m in self.run.read_metrics()]
         columns = pick_columns(epochs, MAX_EVOLUTION_COLUMNS)
-        seeds = self.config.eval.seeds
+        seeds = self.config.eval.seeds[:MAX_EVOLUTION_ROWS]
         grid = [[self.run.eval_image_path(e, s) for e in columns] for s in seeds]
         plot_image_grid(
             grid,

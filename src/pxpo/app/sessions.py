@@ -36,12 +36,17 @@ class SessionError(ValueError):
         self.status = status
 
 
+# DDIM's noise weight in sessions: at eta = 1 the steps' fresh noise redraws the whole scene each epoch;
+# at 0.3 the image keeps its composition (set by the seed's initial noise) and the policy stays stochastic.
+SESSION_ETA = 0.3
+
+
 def session_config(model: str, prompt: str, seed: int, folder: Path, learning_rate: float = 1e-2, num_inner_epochs: int = 2) -> Config:
     """Single-image PXPO on a painted map: advantages are the painted values themselves (no normalisation)."""
     return validate_config(
         {
             "model": {"pretrained": model},
-            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1},
+            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1, "eta": SESSION_ETA},
             "train": {"batch_size": 1, "learning_rate": learning_rate, "num_inner_epochs": num_inner_epochs},
             "advantage": {"normalization": "none"},
             "reward": {"name": "painted"},
