@@ -75,9 +75,11 @@ class RunFolder:
             return []
         return [json.loads(line) for line in self.metrics.read_text().splitlines() if line.strip()]
 
-    def append_metrics(self, record: dict) -> None:
-        """Add one epoch's line (rewrites the file atomically: it is small)."""
-        self.write_metrics([*self.read_metrics(), record])
+    def append_metrics(self, record: dict) -> list[dict]:
+        """Add one epoch's line (rewrites the file atomically: it is small); return all lines."""
+        records = [*self.read_metrics(), record]
+        self.write_metrics(records)
+        return records
 
     def write_metrics(self, records: list[dict]) -> None:
         atomic_write_text(self.metrics, "".join(json.dumps(r) + "\n" for r in records))

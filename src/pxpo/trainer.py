@@ -365,17 +365,16 @@ class Trainer:
         """Append an epoch's metrics and redraw the reward curve and evolution grid."""
         if not self.accelerator.is_main_process:
             return
-        self.run.append_metrics(record)
-        metrics = self.run.read_metrics()
+        metrics = self.run.append_metrics(record)
         title = f"{self.config.train.algorithm.upper()} - {self.reward_name}"
         plot_reward_curve(metrics, self.run.reward_curve, title=title)
-        self.plot_evolution()
+        self.plot_evolution(metrics)
         shown = {k: round(v, 4) for k, v in record.items() if k in ("reward_mean", "eval_reward_mean", "approx_kl", "clipfrac")}
         logger.info("epoch %d %s", record["epoch"], shown)
 
-    def plot_evolution(self) -> None:
+    def plot_evolution(self, metrics: list[dict]) -> None:
         """Rows: the first MAX_EVOLUTION_ROWS evaluation seeds; columns: epochs (at most MAX_EVOLUTION_COLUMNS, evenly spread)."""
-        epochs = [m["epoch"] for m in self.run.read_metrics()]
+        epochs = [m["epoch"] for m in metrics]
         columns = pick_columns(epochs, MAX_EVOLUTION_COLUMNS)
         seeds = self.config.eval.seeds[:MAX_EVOLUTION_ROWS]
         grid = [[self.run.eval_image_path(e, s) for e in columns] for s in seeds]
