@@ -49,7 +49,7 @@ def pxpo_child(args: argparse.Namespace) -> None:
                 "sample": {"prompts": [args.prompt], "num_steps": args.steps, "guidance_scale": args.guidance_scale, "eta": 1.0,
                            "batch_size": args.samples},
                 "train": {"algorithm": "ddpo", "batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
-                          "clip_range": 1e-4},
+                          "clip_range": 1e-4, "timesteps_per_forward": args.timesteps_per_forward},
                 "eval": {"seeds": [0]},
                 "run": {"num_epochs": args.epochs, "output_dir": folder, "name": "peer", "seed": args.seed},
             }
@@ -82,6 +82,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, default=3e-4)
     parser.add_argument("--prompt", default="red taxi in traffic")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--timesteps-per-forward", type=int, default=5,
+                        help="the second pxpo row's train.timesteps_per_forward (the first row uses 1, TRL's loop)")
     parser.add_argument("--child", choices=["pxpo"], help=argparse.SUPPRESS)
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -96,31 +98,38 @@ def main() -> None:
     shared = ["--model", args.model, "--samples", str(args.samples), "--train-batch-size", str(args.train_batch_size),
               "--steps", str(args.steps), "--epochs", str(args.epochs), "--guidance-scale", str(args.guidance_scale),
               "--learning-rate", str(args.learning_rate), "--prompt", args.prompt, "--seed", str(args.seed)]  # fmt: skip
-    results: dict[str, list[dict]] = {"pxpo": [], "trl": []}
+    pxpo = [sys.executable, __file__, "--child", "pxpo", *shared]
+    batched = f"pxpo, {args.timesteps_per_forward} steps per forward"
+    commands = {
+        "pxpo, 1 step per forward": [*pxpo, "--timesteps-per-forward", "1"],
+        batched: [*pxpo, "--timesteps-per-forward", str(args.timesteps_per_forward)],
+        "TRL 0.23.1 DDPOTrainer": [str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), *shared],
+    }
+    results: dict[str, list[dict]] = {who: [] for who in commands}
     for round_ in range(args.rounds):
-        for who, command in [("pxpo", [sys.executable, __file__, "--child", "pxpo", *shared]),
-                             ("trl", [str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), *shared])]:
+        for who, command in commands.items():
             epochs = run(command)
             results[who].append({"seconds": statistics.median(e["seconds"] for e in epochs[1:] or epochs),
                                  "peak_rss_mb": max(e["peak_rss_mb"] for e in epochs)})
             print(who, round_, results[who][-1], flush=True)
 
+    trl = "TRL 0.23.1 DDPOTrainer"
     seconds = {w: statistics.median(r["seconds"] for r in rs) for w, rs in results.items()}
     memory = {w: max(r["peak_rss_mb"] for r in rs) for w, rs in results.items()}
-    per_round = [p["seconds"] / t["seconds"] for p, t in zip(results["pxpo"], results["trl"])]
     lines = [
         f"DDPO, bundled `pxpo-tiny`, {args.samples} samples/epoch, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
         f"LoRA rank 4, train batch {args.train_batch_size}, lr {args.learning_rate}, CPU ({os.cpu_count()} cores); "
-        f"{args.rounds} alternating rounds of {args.epochs} epochs per process (first epoch of each a warm-up).",
+        f"{args.rounds} alternating rounds of {args.epochs} epochs per process (first epoch of each a warm-up). "
+        "Both pxpo rows compute the same gradients (tests/test_training.py checks it); the second batches "
+        "several denoising steps of a training batch into one UNet call.",
         "",
-        "| trainer | s/epoch (median) | peak RSS (MB) |",
-        "| --- | --- | --- |",
-        f"| pxpo (ddpo) | {seconds['pxpo']:.2f} | {memory['pxpo']:.0f} |",
-        f"| TRL 0.23.1 DDPOTrainer | {seconds['trl']:.2f} | {memory['trl']:.0f} |",
-        "",
-        f"pxpo / TRL time per epoch: {seconds['pxpo'] / seconds['trl']:.3f} (per round: {', '.join(f'{r:.3f}' for r in per_round)}); "
-        f"peak memory: {memory['pxpo'] / memory['trl']:.3f}",
+        "| trainer | s/epoch (median) | time / TRL | time / TRL per round | peak RSS (MB) | memory / TRL |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
+    for who in commands:
+        per_round = ", ".join(f"{r['seconds'] / t['seconds']:.3f}" for r, t in zip(results[who], results[trl]))
+        lines.append(f"| {who} | {seconds[who]:.2f} | {seconds[who] / seconds[trl]:.3f} | {per_round} | "
+                     f"{memory[who]:.0f} | {memory[who] / memory[trl]:.3f} |")
     report = "\n".join(lines)
     print(report)
     if args.out:

@@ -1,11 +1,13 @@
 """The paper's Fig. 1 with a simulated annotator: one image, two opposite objectives.
 
 Runs configs/human_sim_more_trees.toml (trees +2, water -2) and configs/human_sim_more_lake.toml
-(the reverse) from the same seed, then measures the tree and water fractions of the image after
-every step with the bundled segmenter. Writes docs/human_feedback_results.md and
-docs/images/two_objectives.png (curves) and docs/images/two_objectives_images.png (the images).
+(the reverse) from the same seed. After every step it measures, with the bundled segmenter, the tree
+and water fractions of the image shown (one draw of the step noise, what a person sees) and their
+mean over --draws other step-noise draws from the same x_T (what the policy now makes of the image).
+Writes docs/human_feedback_results.md, docs/images/two_objectives.png (curves) and
+docs/images/two_objectives_images.png (the images).
 
-    python benchmarks/two_objectives.py [--set sample.single_image_seed=3]
+    python benchmarks/two_objectives.py [--set sample.single_image_seed=3] [--draws 8]
 """
 
 from __future__ import annotations
@@ -32,64 +34,83 @@ from pxpo.rewards.human import class_fractions  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
 RUNS = {"more_trees": "trees +, water -", "more_lake": "water +, trees -"}
+CLASSES = ["tree", "water"]
 
 
-def fractions_per_step(run_dir: Path, seed: int, steps: int) -> dict[str, list[float]]:
-    images = torch.stack(
-        [torch.from_numpy(np.asarray(Image.open(run_dir / "eval" / f"epoch_{s:04d}" / f"seed_{seed:04d}.png"))).permute(2, 0, 1).float() / 255 for s in range(steps + 1)]
-    )
-    return class_fractions(images, ["tree", "water"])
+def run(name: str, overrides: list[str], draws: int) -> dict:
+    """Train one run step by step; per step: fractions of the shown image and mean fractions over draws."""
+    config = load_config(f"configs/human_sim_{name}.toml", overrides + [f"run.name={name + time.strftime('-%H%M%S')!r}"])
+    trainer = Trainer(config, progress=False)
+    seed = config.sample.single_image_seed
+    shown = {c: [] for c in CLASSES}
+    expected = {c: [] for c in CLASSES}
+    seconds = []
+
+    def measure(epoch: int) -> None:
+        image = torch.from_numpy(np.array(Image.open(trainer.run.eval_image_path(epoch, seed)))).permute(2, 0, 1)[None].float() / 255
+        for store, images in ((shown, image), (expected, trainer.single_image_draws(draws))):
+            for c, values in class_fractions(images, CLASSES).items():
+                store[c].append(float(np.mean(values)))
+
+    trainer.begin()
+    measure(0)
+    for epoch in range(1, config.run.num_epochs + 1):
+        start = time.perf_counter()
+        trainer.step(epoch)
+        seconds.append(time.perf_counter() - start)
+        measure(epoch)
+    print(name, {k: [round(v, 3) for v in vs] for k, vs in expected.items()}, flush=True)
+    return {"shown": shown, "expected": expected, "seconds": float(np.median(seconds)), "dir": trainer.run.path, "seed": seed}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override for both runs")
+    parser.add_argument("--draws", type=int, default=8, help="step-noise draws averaged per measurement")
     parser.add_argument("--output-dir", default="runs/two_objectives")
     parser.add_argument("--docs", default="docs")
     args = parser.parse_args()
 
-    results, run_dirs, seconds = {}, {}, {}
-    for name in RUNS:
-        config = load_config(f"configs/human_sim_{name}.toml", [*args.overrides, f"run.output_dir={args.output_dir!r}", f"run.name={name + time.strftime('-%H%M%S')!r}"])
-        start = time.perf_counter()
-        trainer = Trainer(config, progress=False)
-        trainer.train()
-        seconds[name] = (time.perf_counter() - start) / config.run.num_epochs
-        run_dirs[name] = trainer.run.path
-        results[name] = fractions_per_step(trainer.run.path, config.sample.single_image_seed, config.run.num_epochs)
-        print(name, {k: [round(v, 3) for v in vs] for k, vs in results[name].items()}, flush=True)
-
-    steps = len(next(iter(results.values()))["tree"]) - 1
-    seed = config.sample.single_image_seed
+    overrides = [*args.overrides, f"run.output_dir={args.output_dir!r}"]
+    results = {name: run(name, overrides, args.draws) for name in RUNS}
+    steps = len(results["more_trees"]["expected"]["tree"]) - 1
+    seed = results["more_trees"]["seed"]
     docs = Path(args.docs)
+
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for ax, cls in zip(axes, ["tree", "water"]):
-        for name, label in RUNS.items():
-            ax.plot(range(steps + 1), results[name][cls], marker="o", label=label)
+    for ax, cls in zip(axes, CLASSES):
+        for (name, label), colour in zip(RUNS.items(), ("tab:green", "tab:blue")):
+            ax.plot(range(steps + 1), results[name]["expected"][cls], marker="o", color=colour, label=f"{label} (mean of {args.draws} draws)")
+            ax.plot(range(steps + 1), results[name]["shown"][cls], ls=":", color=colour, alpha=0.6, label=f"{label} (image shown)")
         ax.set_title(f"{cls} fraction of the image")
         ax.set_xlabel("step (one reward query each)")
         ax.grid(alpha=0.3)
-        ax.legend()
+        ax.legend(fontsize=7)
     with atomic_file(docs / "images" / "two_objectives.png") as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
-    shown = sorted(set(np.linspace(0, steps, 6).round().astype(int).tolist()))
-    rows = [np.concatenate([np.asarray(Image.open(run_dirs[n] / "eval" / f"epoch_{s:04d}" / f"seed_{seed:04d}.png")) for s in shown], axis=1) for n in RUNS]
+    picked = sorted(set(np.linspace(0, steps, 6).round().astype(int).tolist()))
+    rows = [np.concatenate([np.asarray(Image.open(results[n]["dir"] / "eval" / f"epoch_{s:04d}" / f"seed_{seed:04d}.png")) for s in picked], axis=1)
+            for n in RUNS]  # fmt: skip
     strip = Image.fromarray(np.concatenate(rows, axis=0))
     with atomic_file(docs / "images" / "two_objectives_images.png") as tmp:
         strip.resize((strip.width * 3, strip.height * 3), Image.NEAREST).save(tmp, format="PNG")
 
+    command = " ".join(["python benchmarks/two_objectives.py", *(f"--set {o}" for o in args.overrides), f"--draws {args.draws}"])
     lines = ["# Two objectives on one image (simulated annotator)", "",
-             f"`python benchmarks/two_objectives.py`: \"nature landscape\", seed {seed}, {steps} steps of one reward query each; "
-             "tree and water fractions of the image after each step, as the bundled segmenter sees them. "
-             f"Seconds per step: " + ", ".join(f"{n} {s:.1f}" for n, s in seconds.items()) + ".", "",
-             "| step | " + " | ".join(f"{RUNS[n]}: tree | {RUNS[n]}: water" for n in RUNS) + " |",
+             f"`{command}`: \"nature landscape\", seed {seed}, {steps} steps of one reward query each. Tree and water "
+             "fractions as the bundled segmenter sees them, after each step: *mean* over "
+             f"{args.draws} step-noise draws from the image's x_T (what the policy makes of the image), and *shown*, the "
+             "one image a person would see and paint. Median seconds per step (sample, reward, train, next image): "
+             + ", ".join(f"{n} {r['seconds']:.1f}" for n, r in results.items()) + ".", "",
+             "| step | " + " | ".join(f"{RUNS[n]}: {c} mean (shown)" for n in RUNS for c in CLASSES) + " |",
              "|" + " --- |" * (1 + 2 * len(RUNS))]
     for s in range(steps + 1):
-        lines.append(f"| {s} | " + " | ".join(f"{results[n]['tree'][s]:.3f} | {results[n]['water'][s]:.3f}" for n in RUNS) + " |")
+        cells = [f"{results[n]['expected'][c][s]:.3f} ({results[n]['shown'][c][s]:.3f})" for n in RUNS for c in CLASSES]
+        lines.append(f"| {s} | " + " | ".join(cells) + " |")
     lines += ["", "![fractions](images/two_objectives.png)", "",
-              f"Images at steps {', '.join(map(str, shown))}: top row {RUNS['more_trees']}, bottom row {RUNS['more_lake']}.", "",
+              f"Images shown at steps {', '.join(map(str, picked))}: top row {RUNS['more_trees']}, bottom row {RUNS['more_lake']}.", "",
               "![images](images/two_objectives_images.png)", ""]
     atomic_write_text(docs / "human_feedback_results.md", "\n".join(lines))
     print("\n".join(lines))

@@ -28,8 +28,14 @@ def painted(width=64, height=64):
 
 @pytest.fixture
 def client(tmp_path):
-    with TestClient(create_app(tmp_path / "sessions", default_model=MODEL)) as c:
+    with TestClient(create_app(tmp_path / "sessions", default_model=MODEL, timesteps_per_forward=20)) as c:
         yield c
+
+
+@pytest.mark.parametrize("k", [0, 21])
+def test_timesteps_per_forward_out_of_range_is_refused(tmp_path, k):
+    with pytest.raises(ValueError, match=f"timesteps_per_forward = {k}: expected 1 to 20"):
+        create_app(tmp_path / "sessions", default_model=MODEL, timesteps_per_forward=k)
 
 
 def start(client, name="s1", seed=3):

@@ -36,6 +36,13 @@ def test_sample_efficiency_smoke(tmp_path):
 def test_peer_trl_pxpo_side_smoke_and_runner_compiles():
     # The TRL side needs its own 300 MB venv (.venv-trl); CI runs pxpo's side and checks the runner compiles.
     stdout = run("peer_trl.py", "--child", "pxpo", "--model", "tiny-random", "--samples", "2", "--train-batch-size", "2",
-                 "--steps", "2", "--epochs", "1")
+                 "--steps", "2", "--epochs", "1", "--timesteps-per-forward", "2")
     assert '"seconds"' in stdout
     py_compile.compile(str(ROOT / "benchmarks" / "trl_runner.py"), doraise=True)
+
+
+def test_two_objectives_smoke(tmp_path):
+    run("two_objectives.py", "--set", "sample.num_steps=2", "--set", "train.timesteps_per_forward=2", "--set", "run.num_epochs=1",
+        "--draws", "2", "--output-dir", str(tmp_path / "runs"), "--docs", str(tmp_path / "docs"))
+    report = (tmp_path / "docs" / "human_feedback_results.md").read_text()
+    assert "| 1 |" in report and (tmp_path / "docs" / "images" / "two_objectives_images.png").is_file(), report

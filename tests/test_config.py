@@ -23,6 +23,7 @@ from pxpo.trainer import Trainer
         ({"model": {"pretrained": "./no/such/model"}}, "model.pretrained: './no/such/model' is not an existing folder"),
         ({"sample": {"prompts": []}}, "sample.prompts: List should have at least 1 item"),
         ({"train": {"batch_size": 3}}, "train.batch_size = 3 must divide the 8 samples per epoch"),
+        ({"train": {"timesteps_per_forward": 30}}, "train.timesteps_per_forward = 30 is more than the 20 steps trained per sample"),
     ],
 )
 def test_bad_values_are_named(data, message):

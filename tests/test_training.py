@@ -105,3 +105,39 @@ def test_cli_train_sample_and_errors(tmp_path, capsys):
         main(["train", "--help"])
     assert info.value.code == 0
     assert "--resume RUN" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("algorithm", ["pxpo", "ddpo"])
+def test_batching_timesteps_leaves_the_gradient_unchanged(make_config, algorithm):
+    """train.timesteps_per_forward only regroups work: each optimizer step sees the same summed gradient.
+
+    5 trained steps in chunks of 1 (DDPO's loop), 2 (uneven: 2 + 2 + 1) and 5; the optimizer is stopped
+    from moving so that both training batches of the epoch are compared at the same weights.
+    """
+    from pxpo.trainer import Batch
+
+    def gradients(k: int) -> tuple[list[list[torch.Tensor]], dict]:
+        config = make_config(
+            sample={"num_steps": 5, "batch_size": 4},
+            train={"algorithm": algorithm, "batch_size": 2, "timesteps_per_forward": k, "max_grad_norm": float("inf")},
+            run={"name": f"chunks-{algorithm}-{k}"},
+        )
+        trainer = Trainer(config, pipeline=build_tiny_pipeline(seed=0), progress=False)
+        trajectories = trainer.sample(1)
+        heatmaps = trainer.reward(trajectories.images, trajectories.prompts, [{}] * len(trajectories))
+        batch = Batch(trajectories, heatmaps, trainer.advantages(heatmaps, trajectories.prompts))
+        seen = []
+        trainer.optimizer.optimizer.step = lambda *a, **k: seen.append([p.grad.clone() for p in trainer.params])
+        stats = trainer.update(batch, 1)
+        return seen, stats
+
+    reference, reference_stats = gradients(1)
+    assert len(reference) == 2 and any(g.abs().max() > 0 for g in reference[0])
+    for k in (2, 5):
+        seen, stats = gradients(k)
+        assert len(seen) == len(reference)
+        for got, want in zip(seen, reference):
+            for g, w in zip(got, want):
+                torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
+        for key in ("loss", "approx_kl", "clipfrac"):
+            assert stats[key] == pytest.approx(reference_stats[key], rel=1e-4, abs=1e-6), key  # means of O(1) advantages: float32 rounding

@@ -124,28 +124,35 @@ def test_pretrain_command_writes_loadable_models(tmp_path):
     assert main(["pretrain", "--out", str(out), "--set", "unet_stepz=3"]) == 2
 
 
-def test_simulated_annotator_moves_the_tree_fraction_the_requested_way(tmp_path):
-    """The paper's Fig. 1: from one image, a trees+/water- run and a water+/trees- run diverge in tree fraction.
+def test_simulated_annotator_moves_tree_and_water_fractions_the_requested_ways(tmp_path):
+    """The paper's Fig. 1: one image, a trees+/water- run and a water+/trees- run (fixed seeds).
 
-    Only the tree objective is asserted: with the shipped settings the water fraction does not (yet) move as
-    asked (measured: about equal in both runs here; docs/human_feedback_results.md). One reward query per
-    step is noisy, so the last three steps of each run are averaged.
+    Fractions are means over 8 step-noise draws from the image's x_T, so they measure the policy rather
+    than one draw. Asserted: the trees+/water- run raises trees and lowers water; the reverse run lowers
+    trees, and the runs end apart in tree fraction. Not asserted: water + in the reverse run, which fails
+    (water falls there too; measured in docs/human_feedback_results.md).
     """
     from pxpo.config import load_config
     from pxpo.rewards.human import class_fractions
 
-    finals = {}
+    def fractions(trainer):
+        return {c: float(np.mean(v)) for c, v in class_fractions(trainer.single_image_draws(8), ["tree", "water"]).items()}
+
+    start, end = {}, {}
     for name in ("more_trees", "more_lake"):
         config = load_config(
             f"configs/human_sim_{name}.toml",
-            ["sample.num_steps=10", "run.num_epochs=6", f"run.output_dir={str(tmp_path)!r}", f"run.name={name!r}", "run.checkpoint_every=6"],
+            ["sample.num_steps=10", "train.timesteps_per_forward=10", "run.num_epochs=8", f"run.output_dir={str(tmp_path)!r}",
+             f"run.name={name!r}", "run.checkpoint_every=8"],
         )
         trainer = Trainer(config, progress=False)
+        start[name] = fractions(trainer)
         trainer.train()
-        seed = config.sample.single_image_seed
-        images = np.stack([np.asarray(Image.open(trainer.run.eval_image_path(e, seed))) for e in (0, 4, 5, 6)])
-        fractions = class_fractions(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255, ["tree", "water"])
-        finals[name] = {"start": fractions["tree"][0], "end": float(np.mean(fractions["tree"][1:]))}
-    assert finals["more_trees"]["end"] > finals["more_trees"]["start"] + 0.03, finals  # more trees where asked
-    assert finals["more_lake"]["end"] < finals["more_lake"]["start"], finals  # fewer where asked
-    assert finals["more_trees"]["end"] > finals["more_lake"]["end"] + 0.05, finals
+        end[name] = fractions(trainer)
+    assert start["more_trees"] == start["more_lake"]  # the same image and draws before training
+    before, trees, lake = start["more_trees"], end["more_trees"], end["more_lake"]
+    report = {"start": before, "more_trees": trees, "more_lake": lake}
+    assert trees["tree"] > before["tree"] + 0.03, report  # more trees where asked
+    assert trees["water"] < before["water"] - 0.02, report  # less water where asked
+    assert lake["tree"] < before["tree"], report  # fewer trees where asked
+    assert trees["tree"] > lake["tree"] + 0.05, report  # the two runs part ways

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
     app.add_argument("--model", default="pxpo-tiny", help="default model for new sessions (default: pxpo-tiny)")
     app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
     app.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    app.add_argument("--timesteps-per-forward", type=int, default=1, metavar="K",
+                     help="denoising steps trained per UNet call in new sessions: same result, faster, more memory "
+                     "(default: 1; on a CPU with the bundled model, 20)")
 
     pretrain = commands.add_parser(
         "pretrain",
@@ -115,7 +118,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 
     check_model_reference(args.model)
     print(f"pxpo app: http://{args.host}:{args.port}/ (sessions in {args.sessions})")
-    serve(args.sessions, host=args.host, port=args.port, default_model=args.model)
+    serve(args.sessions, host=args.host, port=args.port, default_model=args.model, timesteps_per_forward=args.timesteps_per_forward)
     return 0
 
 

@@ -91,6 +91,12 @@ class TrainConfig(_Section):
     gradient_accumulation_steps: int = Field(1, gt=0, description="Training batches whose gradients are summed per optimizer step.")
     num_inner_epochs: int = Field(1, gt=0, description="Passes over each epoch's samples (PPO inner epochs).")
     timestep_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the T steps trained per sample (a random subset).")
+    timesteps_per_forward: int = Field(
+        1,
+        gt=0,
+        description="Trained steps of each sample batched into one UNet forward and backward. The gradient is the same "
+        "(the steps' gradients are summed before each optimizer step either way); larger is faster and uses more memory.",
+    )
     clip_range: float | None = Field(
         None,
         gt=0,
@@ -177,6 +183,11 @@ class Config(_Section):
             raise ValueError(
                 f"train.gradient_accumulation_steps = {self.train.gradient_accumulation_steps} must divide the "
                 f"{batches} training batches per epoch"
+            )
+        if self.train.timesteps_per_forward > self.num_train_timesteps:
+            raise ValueError(
+                f"train.timesteps_per_forward = {self.train.timesteps_per_forward} is more than the {self.num_train_timesteps} "
+                "steps trained per sample (sample.num_steps * train.timestep_fraction)"
             )
         return self
 

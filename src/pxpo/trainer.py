@@ -92,7 +92,7 @@ class Trainer:
             raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")
         self.accelerator = Accelerator(
             mixed_precision=config.model.mixed_precision,
-            gradient_accumulation_steps=config.train.gradient_accumulation_steps * config.num_train_timesteps,
+            gradient_accumulation_steps=config.train.gradient_accumulation_steps * len(self._timestep_chunks()),
         )
         self.run = self._check_run_folder(run_dir, resume, config_name)  # before any slow work
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained)
@@ -276,37 +276,52 @@ class Trainer:
 
     # update ----------------------------------------------------------------------------------------
     def update(self, batch: Batch, epoch: int) -> dict:
-        """PPO inner epochs over shuffled samples and a random subset of steps; returns mean diagnostics."""
+        """PPO inner epochs over shuffled samples and a random subset of steps; returns mean diagnostics.
+
+        Each training batch's steps go through the UNet ``train.timesteps_per_forward`` at a time; their
+        gradients are summed (accelerate's accumulation) and the optimizer steps once per
+        ``train.gradient_accumulation_steps`` batches, as in DDPO.
+        """
         cfg, acc = self.config, self.accelerator
         trajectories, advantages = batch.trajectories, batch.advantages
         n, num_steps = len(trajectories), trajectories.timesteps.shape[0]
         rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
         loss_fn = pxpo_loss if cfg.train.algorithm == "pxpo" else ddpo_loss
+        chunks = self._timestep_chunks()
         totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
-        grad_norms, count = [], 0
+        grad_norms = []
         self.unet.train()
-        steps = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * cfg.num_train_timesteps
-        bar = tqdm(total=steps, desc="training", leave=False, disable=not self._show_progress)
+        bar = tqdm(total=cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(chunks), desc="training", leave=False,
+                   disable=not self._show_progress)  # fmt: skip
         for _ in range(cfg.train.num_inner_epochs):
             order = torch.randperm(n, generator=rng)
             step_order = torch.stack([torch.randperm(num_steps, generator=rng) for _ in range(n)])  # [n, T]
             for rows in order.split(cfg.train.batch_size):
-                rows_device = rows.to(trajectories.latents.device)
-                for j in range(cfg.num_train_timesteps):
-                    step_index = step_order[rows, j].to(rows_device.device)
+                for chunk in chunks:
+                    # every (sample, step) pair of this chunk as one flat batch [b * k]
+                    step_index = step_order[rows][:, chunk].reshape(-1).to(trajectories.latents.device)
+                    sample_index = rows.repeat_interleave(len(chunk)).to(trajectories.latents.device)
+                    # a chunk's loss is the mean over its steps; weighting by its share of the steps makes the
+                    # accumulated gradient the mean over all trained steps, whatever the chunk sizes
+                    weight = len(chunk) * len(chunks) / cfg.num_train_timesteps
                     with acc.accumulate(self.unet):
-                        output = self._loss(loss_fn, trajectories, advantages, rows_device, step_index)
-                        acc.backward(output.loss)
+                        output = self._loss(loss_fn, trajectories, advantages, sample_index, step_index)
+                        acc.backward(output.loss * weight)
                         if acc.sync_gradients:
                             grad_norms.append(float(acc.clip_grad_norm_(self.params, cfg.train.max_grad_norm)))
                         self.optimizer.step()
                         self.optimizer.zero_grad(set_to_none=True)
                     for key in totals:
-                        totals[key] += getattr(output, key).item()
-                    count += 1
+                        totals[key] += getattr(output, key).item() * len(chunk)
                     bar.update()
         bar.close()
+        count = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * cfg.num_train_timesteps
         return {**{k: v / count for k, v in totals.items()}, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
+
+    def _timestep_chunks(self) -> list[list[int]]:
+        """Columns of the per-sample step order trained together: [[0..k-1], [k..2k-1], ...]."""
+        steps, k = self.config.num_train_timesteps, self.config.train.timesteps_per_forward
+        return [list(range(i, min(i + k, steps))) for i in range(0, steps, k)]
 
     def _loss(self, loss_fn, trajectories: Trajectories, advantages: torch.Tensor, rows: torch.Tensor, step_index: torch.Tensor) -> LossOutput:
         sample_cfg = self.config.sample
@@ -355,6 +370,20 @@ class Trainer:
         generators = [torch.Generator(device=device).manual_seed(s) for s in self.config.eval.seeds]
         self.pipe.unet.eval()
         return self._sample(self._eval_prompts(), generators).images
+
+    @torch.no_grad()
+    def single_image_draws(self, num_draws: int, seed: int = 10_000) -> torch.Tensor:
+        """Single-image mode: the image's x_T finished with ``num_draws`` other step-noise draws [N, 3, H, W].
+
+        One shown image is one draw of the policy; averaging a measurement over these draws tells what the
+        policy now makes of this image, rather than what one draw happened to show.
+        """
+        if self.config.sample.single_image_seed is None:
+            raise ValueError("single_image_draws needs single-image mode (sample.single_image_seed)")
+        generators = [torch.Generator(device=self.accelerator.device).manual_seed(seed + i) for i in range(num_draws)]
+        self.pipe.unet.eval()
+        x_T = self._single_image_noise().expand(num_draws, -1, -1, -1)
+        return self._sample([self.config.sample.prompts[0]] * num_draws, generators, x_T).images
 
     def _eval_prompts(self) -> list[str]:
         prompts = self.config.eval.prompts or self.config.sample.prompts

@@ -36,9 +36,11 @@ class OpenSession(BaseModel):
     seed: int | None = None
 
 
-def create_app(sessions_dir: str | Path, default_model: str = "pxpo-tiny", max_upload_bytes: int = MAX_UPLOAD_BYTES) -> FastAPI:
+def create_app(
+    sessions_dir: str | Path, default_model: str = "pxpo-tiny", max_upload_bytes: int = MAX_UPLOAD_BYTES, timesteps_per_forward: int = 1
+) -> FastAPI:
     """The app, serving sessions under ``sessions_dir``."""
-    manager = SessionManager(sessions_dir, default_model)
+    manager = SessionManager(sessions_dir, default_model, timesteps_per_forward)
     app = FastAPI(title="pxpo human feedback", docs_url=None, redoc_url=None)
     app.state.manager = manager
 
@@ -104,8 +106,11 @@ def create_app(sessions_dir: str | Path, default_model: str = "pxpo-tiny", max_u
     return app
 
 
-def serve(sessions_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, default_model: str = "pxpo-tiny") -> None:
+def serve(
+    sessions_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, default_model: str = "pxpo-tiny", timesteps_per_forward: int = 1
+) -> None:
     """Run the app with uvicorn (blocking)."""
     import uvicorn
 
-    uvicorn.run(create_app(sessions_dir, default_model), host=host, port=port, log_level="info")
+    app = create_app(sessions_dir, default_model, timesteps_per_forward=timesteps_per_forward)
+    uvicorn.run(app, host=host, port=port, log_level="info")

@@ -39,15 +39,22 @@ class SessionError(ValueError):
 # DDIM's noise weight in sessions: at eta = 1 the steps' fresh noise redraws the whole scene each epoch;
 # at 0.3 the image keeps its composition (set by the seed's initial noise) and the policy stays stochastic.
 SESSION_ETA = 0.3
+SESSION_STEPS = 20  # DDIM steps per image
 
 
-def session_config(model: str, prompt: str, seed: int, folder: Path, learning_rate: float = 1e-2, num_inner_epochs: int = 2) -> Config:
-    """Single-image PXPO on a painted map: advantages are the painted values themselves (no normalisation)."""
+def session_config(
+    model: str, prompt: str, seed: int, folder: Path, learning_rate: float = 1e-2, num_inner_epochs: int = 2, timesteps_per_forward: int = 1
+) -> Config:
+    """Single-image PXPO on a painted map: advantages are the painted values themselves (no normalisation).
+
+    ``timesteps_per_forward`` (train.timesteps_per_forward) only trades memory for speed.
+    """
     return validate_config(
         {
             "model": {"pretrained": model},
-            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1, "eta": SESSION_ETA},
-            "train": {"batch_size": 1, "learning_rate": learning_rate, "num_inner_epochs": num_inner_epochs},
+            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1, "eta": SESSION_ETA, "num_steps": SESSION_STEPS},
+            "train": {"batch_size": 1, "learning_rate": learning_rate, "num_inner_epochs": num_inner_epochs,
+                      "timesteps_per_forward": timesteps_per_forward},
             "advantage": {"normalization": "none"},
             "reward": {"name": "painted"},
             "eval": {"reward": False},
@@ -138,10 +145,13 @@ class Session:
 class SessionManager:
     """Sessions under one folder; one training step at a time across all of them."""
 
-    def __init__(self, root: str | Path, default_model: str = "pxpo-tiny") -> None:
+    def __init__(self, root: str | Path, default_model: str = "pxpo-tiny", timesteps_per_forward: int = 1) -> None:
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_model = default_model
+        if not 1 <= timesteps_per_forward <= SESSION_STEPS:
+            raise ValueError(f"timesteps_per_forward = {timesteps_per_forward}: expected 1 to {SESSION_STEPS} (a session's DDIM steps)")
+        self.timesteps_per_forward = timesteps_per_forward
         self.sessions: dict[str, Session] = {}
         self.lock = threading.Lock()
 
@@ -173,7 +183,7 @@ class SessionManager:
                 raise SessionError("a new session needs a prompt")
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise SessionError(f"seed {seed!r}: expected a whole number >= 0")
-            config = session_config(model or self.default_model, prompt.strip(), seed, folder)
+            config = session_config(model or self.default_model, prompt.strip(), seed, folder, timesteps_per_forward=self.timesteps_per_forward)
             trainer = Trainer(config, reward_fn=feedback, run_dir=folder, progress=False)
             trainer.begin()
         session = Session(folder, trainer, feedback)
