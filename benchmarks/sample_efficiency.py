@@ -145,7 +145,7 @@ def write_summary(out: Path) -> None:
     sections = [(out / f"sample_efficiency_{t}.md").read_text() for t in TASKS if (out / f"sample_efficiency_{t}.md").exists()]
     header = ["# Sample efficiency: PXPO against DDPO", "",
               "Evaluation on fixed seeds, the same for every run; each method at its best learning rate of the sweep.", ""]
-    atomic_write_text(out / "sample_efficiency.md", "\n".join(header) + "\n".join(sections))
+    atomic_write_text(out / "sample_efficiency.md", "\n".join(header) + "\n" + "\n".join(sections))
 
 
 def task_report(task: str, runs: dict, args: argparse.Namespace, out: Path) -> list[str]:
