@@ -79,6 +79,24 @@ def test_resume_equals_an_uninterrupted_run(make_config, tmp_path):
         torch.testing.assert_close(weights_full[key], weights_resumed[key], rtol=1e-5, atol=1e-7)
 
 
+def test_lora_initialisation_follows_run_seed_not_global_state(make_config):
+    """Two processes with the same config start from the same LoRA (its A matrices are random)."""
+    from pxpo.models import trainable_state_dict
+
+    def lora(name, seed):
+        pipe = build_tiny_pipeline(0)  # (seeds the global RNG itself)
+        torch.manual_seed(1234 + seed + len(name))  # another process's global RNG
+        state = torch.random.get_rng_state()
+        trainer = Trainer(make_config(run={"name": name, "seed": seed}), pipeline=pipe, progress=False)
+        assert torch.equal(state, torch.random.get_rng_state())  # the trainer leaves the global RNG alone
+        return trainable_state_dict(trainer.accelerator.unwrap_model(trainer.unet))
+
+    first, again, other = lora("a", seed=0), lora("bb", seed=0), lora("c", seed=1)
+    assert first.keys() == again.keys() and len(first) > 0
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert any(not torch.equal(first[k], other[k]) for k in first if "lora_A" in k)
+
+
 def test_cli_train_sample_and_errors(tmp_path, capsys):
     config = tmp_path / "quick.toml"
     config.write_text(

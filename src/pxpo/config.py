@@ -132,7 +132,7 @@ class RunConfig(_Section):
     output_dir: str = Field("runs", description="Folder in which the run folder is made.")
     name: str | None = Field(None, description="Run folder name; defaults to the config file's name and the time.")
     num_epochs: int = Field(10, gt=0, description="Epochs: each samples, rewards, computes advantages and updates.")
-    seed: int = Field(0, description="Seed of all randomness (sampling noise, prompt draws, shuffling).")
+    seed: int = Field(0, description="Seed of all randomness (LoRA initialisation, sampling noise, prompt draws, shuffling).")
     checkpoint_every: int = Field(5, gt=0, description="Write a checkpoint every this many epochs (and after the last).")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
 

@@ -41,7 +41,7 @@ from pxpo.sampling import Trajectories, recompute_log_prob, sample_trajectories
 
 logger = logging.getLogger(__name__)
 
-_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2}
+_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3}
 MAX_EVOLUTION_COLUMNS = 8
 MAX_EVOLUTION_ROWS = 8
 
@@ -116,7 +116,9 @@ class Trainer:
             for module in frozen:
                 module.to(dtype=weight_dtype)
         if cfg.lora:
-            add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha)
+            with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from run.seed, not global state
+                torch.manual_seed(epoch_seed(self.config.run.seed, 0, "lora"))
+                add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha)
             cast_training_params(pipe.unet, dtype=torch.float32)
         else:
             pipe.unet.requires_grad_(True)
