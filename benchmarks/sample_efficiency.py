@@ -19,6 +19,7 @@ and last evaluation images on pixels whose class (segmenter, first image) is not
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import tempfile
 import time
@@ -132,6 +133,8 @@ def main() -> None:
         for task in args.tasks:
             start = time.perf_counter()
             runs = {(m, lr): [run_once(task, m, lr, s, args, folder) for s in range(args.seeds)] for m in ("pxpo", "ddpo") for lr in args.lrs}
+            raw = [{"method": m, "lr": lr, "seed": i, **r} for (m, lr), rs in runs.items() for i, r in enumerate(rs)]
+            atomic_write_text(out / f"sample_efficiency_{task}.json", json.dumps(raw, indent=1) + "\n")  # every run, to re-read
             lines = task_report(task, runs, args, out)
             lines += [f"Command: {command}; model `{args.model}`, {args.num_steps} DDIM steps, {args.seeds} seeds, "
                       f"{(time.perf_counter() - start) / 60:.1f} minutes on this machine.", ""]
@@ -152,13 +155,15 @@ def task_report(task: str, runs: dict, args: argparse.Namespace, out: Path) -> l
     def improvement(rs):  # [seeds, budgets]
         return np.array([np.array(r["reward"]) - r["reward"][0] for r in rs])
 
-    lines = [f"## {task}", "", "Learning-rate sweep (final improvement of the evaluation reward, mean ± std over seeds):", "",
+    lines = [f"## {task}", "", "Learning-rate sweep: final improvement of the evaluation reward (mean ± std over seeds), and in",
+             "brackets the context change (mean |pixel change|, 0-255, on untargeted pixels) it cost:", "",
              "| method | " + " | ".join(f"lr {lr:g}" for lr in args.lrs) + " |", "|" + " --- |" * (len(args.lrs) + 1)]
     best = {}
     for method in ("pxpo", "ddpo"):
         finals = {lr: improvement(runs[(method, lr)])[:, -1] for lr in args.lrs}
+        contexts = {lr: np.mean([r["context"] for r in runs[(method, lr)]]) for lr in args.lrs}
         best[method] = max(args.lrs, key=lambda lr: finals[lr].mean())
-        lines.append(f"| {method} | " + " | ".join(f"{finals[lr].mean():+.4f} ± {finals[lr].std():.4f}" for lr in args.lrs) + " |")
+        lines.append(f"| {method} | " + " | ".join(f"{finals[lr].mean():+.4f} ± {finals[lr].std():.4f} ({contexts[lr]:.1f})" for lr in args.lrs) + " |")
     queries = runs[("pxpo", best["pxpo"])][0]["queries"]
     curves = {m: improvement(runs[(m, best[m])]) for m in best}
     ddpo_final = curves["ddpo"][:, -1].mean()

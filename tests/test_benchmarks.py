@@ -1,5 +1,6 @@
 """Tiny smoke runs of the benchmark scripts, so that they keep working (benchmarks are not tests)."""
 
+import json
 import py_compile
 import subprocess
 import sys
@@ -31,6 +32,18 @@ def test_sample_efficiency_smoke(tmp_path):
                  "--num-steps", "2", "--samples", "2", "--out", str(tmp_path))
     report = (tmp_path / "sample_efficiency.md").read_text()
     assert "## blue" in report and "## two" in report and (tmp_path / "sample_efficiency_two.png").is_file(), stdout
+    raw = json.loads((tmp_path / "sample_efficiency_blue.json").read_text())
+    assert {r["method"] for r in raw} == {"pxpo", "ddpo"} and all(len(r["reward"]) == 2 for r in raw)
+
+
+def test_two_objectives_seeds_smoke(tmp_path):
+    fast = ["sample.num_steps=2", "train.timesteps_per_forward=2", "run.num_epochs=1"]
+    run("two_objectives_seeds.py", "--seeds", "0", "--draws", "2", *[a for o in fast for a in ("--set", o)], "--out", str(tmp_path))
+    report = (tmp_path / "two_objectives_seeds.md").read_text()
+    assert "| 0 | " in report and "of 1 |" in report
+    stored = json.loads((tmp_path / "two_objectives_seeds.json").read_text())
+    (entry,) = stored.values()
+    assert set(entry["rows"][0]) == {"seed", "start", "more_trees", "more_lake"}
 
 
 def test_peer_trl_pxpo_side_smoke_and_runner_compiles():

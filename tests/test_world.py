@@ -124,14 +124,13 @@ def test_pretrain_command_writes_loadable_models(tmp_path):
     assert main(["pretrain", "--out", str(out), "--set", "unet_stepz=3"]) == 2
 
 
-def test_simulated_annotator_lowers_water_and_the_runs_part_ways_in_trees(tmp_path):
-    """The paper's Fig. 1: one image, a trees+/water- run and a water+/trees- run (fixed seeds).
+def test_simulated_annotator_moves_tree_and_water_the_requested_ways(tmp_path):
+    """The paper's Fig. 1: one image, a trees+/water- run and a water+/trees- run, as shipped (15 steps, run.seed 0).
 
     Fractions are means over 8 step-noise draws from the image's x_T, so they measure the policy rather
-    than one draw. These runs are not bit-identical across processes and one query per step makes them
-    chaotic; asserted is only what held in every run measured (issue 4's note): water falls in the
-    trees+/water- run, and that run ends with more trees than the reverse one. Tree + and water + alone
-    went either way between processes, so they are not asserted.
+    than one draw. A run is deterministic given run.seed (LoRA initialisation included). With one reward
+    query per step the outcome still depends on that seed: docs/benchmarks/two_objectives_seeds.md counts,
+    over run seeds, how often each class moved the requested way. This test pins the shipped seed.
     """
     from pxpo.config import load_config
     from pxpo.rewards.human import class_fractions
@@ -141,11 +140,8 @@ def test_simulated_annotator_lowers_water_and_the_runs_part_ways_in_trees(tmp_pa
 
     start, end = {}, {}
     for name in ("more_trees", "more_lake"):
-        config = load_config(
-            f"configs/human_sim_{name}.toml",
-            ["sample.num_steps=10", "train.timesteps_per_forward=10", "run.num_epochs=8", f"run.output_dir={str(tmp_path)!r}",
-             f"run.name={name!r}", "run.checkpoint_every=8"],
-        )
+        config = load_config(f"configs/human_sim_{name}.toml", [f"run.output_dir={str(tmp_path)!r}", f"run.name={name!r}"])
+        assert (config.run.num_epochs, config.run.seed) == (15, 0)
         trainer = Trainer(config, progress=False)
         start[name] = fractions(trainer)
         trainer.train()
@@ -153,5 +149,7 @@ def test_simulated_annotator_lowers_water_and_the_runs_part_ways_in_trees(tmp_pa
     assert start["more_trees"] == start["more_lake"]  # the same image and draws before training
     before, trees, lake = start["more_trees"], end["more_trees"], end["more_lake"]
     report = {"start": before, "more_trees": trees, "more_lake": lake}
-    assert trees["water"] < before["water"] - 0.02, report  # less water where asked
-    assert trees["tree"] > lake["tree"], report  # the two runs part ways in trees
+    assert trees["tree"] > before["tree"] + 0.02, report  # trees +
+    assert trees["water"] < before["water"] - 0.02, report  # water -
+    assert lake["tree"] < before["tree"] - 0.01, report  # trees - (from 2.6 % of the image)
+    assert lake["water"] > before["water"] + 0.02, report  # water +
