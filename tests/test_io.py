@@ -1,0 +1,44 @@
+"""Atomic writes: the old content survives a failure, nothing temporary is left, modes are plain."""
+
+import os
+import stat
+
+import pytest
+
+from pxpo.io import atomic_directory, atomic_file, atomic_write_text
+
+
+def mode(path):
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_atomic_writes_have_the_modes_plain_writes_have(tmp_path):
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    (tmp_path / "plain_dir").mkdir()
+    atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic_file(tmp_path / "b.png") as tmp:
+        tmp.write_bytes(b"x")
+    with atomic_directory(tmp_path / "lora") as tmp:
+        (tmp / "w.safetensors").write_bytes(b"x")
+    assert mode(plain) != 0o600  # (a umask of 077 would make this test meaningless)
+    assert mode(tmp_path / "a.txt") == mode(tmp_path / "b.png") == mode(plain)  # not mkstemp's 0600
+    assert mode(tmp_path / "lora") == mode(tmp_path / "plain_dir")  # not mkdtemp's 0700
+
+
+def test_a_failed_write_keeps_the_old_content_and_leaves_nothing_behind(tmp_path):
+    target = tmp_path / "metrics.json"
+    atomic_write_text(target, "old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    folder = tmp_path / "lora"
+    with atomic_directory(folder) as tmp:
+        (tmp / "w").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(folder) as tmp:
+            (tmp / "w").write_text("half")
+            raise RuntimeError("crash while writing")
+    assert target.read_text() == "old" and (folder / "w").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lora", "metrics.json"]
