@@ -100,10 +100,11 @@ def main() -> None:
               "--learning-rate", str(args.learning_rate), "--prompt", args.prompt, "--seed", str(args.seed)]  # fmt: skip
     pxpo = [sys.executable, __file__, "--child", "pxpo", *shared]
     batched = f"pxpo, {args.timesteps_per_forward} steps per forward"
+    trl = "TRL 0.23.1 DDPOTrainer"
     commands = {
         "pxpo, 1 step per forward": [*pxpo, "--timesteps-per-forward", "1"],
         batched: [*pxpo, "--timesteps-per-forward", str(args.timesteps_per_forward)],
-        "TRL 0.23.1 DDPOTrainer": [str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), *shared],
+        trl: [str(trl_python), str(ROOT / "benchmarks" / "trl_runner.py"), *shared],
     }
     results: dict[str, list[dict]] = {who: [] for who in commands}
     for round_ in range(args.rounds):
@@ -113,7 +114,6 @@ def main() -> None:
                                  "peak_rss_mb": max(e["peak_rss_mb"] for e in epochs)})
             print(who, round_, results[who][-1], flush=True)
 
-    trl = "TRL 0.23.1 DDPOTrainer"
     seconds = {w: statistics.median(r["seconds"] for r in rs) for w, rs in results.items()}
     memory = {w: max(r["peak_rss_mb"] for r in rs) for w, rs in results.items()}
     lines = [

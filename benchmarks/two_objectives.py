@@ -30,7 +30,7 @@ from PIL import Image  # noqa: E402
 
 from pxpo.config import load_config  # noqa: E402
 from pxpo.io import atomic_file, atomic_write_text  # noqa: E402
-from pxpo.rewards.human import class_fractions  # noqa: E402
+from pxpo.rewards.human import mean_class_fractions  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
 RUNS = {"more_trees": "trees +, water -", "more_lake": "water +, trees -"}
@@ -49,8 +49,8 @@ def run(name: str, overrides: list[str], draws: int) -> dict:
     def measure(epoch: int) -> None:
         image = torch.from_numpy(np.array(Image.open(trainer.run.eval_image_path(epoch, seed)))).permute(2, 0, 1)[None].float() / 255
         for store, images in ((shown, image), (expected, trainer.single_image_draws(draws))):
-            for c, values in class_fractions(images, CLASSES).items():
-                store[c].append(float(np.mean(values)))
+            for c, value in mean_class_fractions(images, CLASSES).items():
+                store[c].append(value)
 
     trainer.begin()
     measure(0)

@@ -26,15 +26,12 @@ import numpy as np  # noqa: E402
 
 from pxpo.config import load_config  # noqa: E402
 from pxpo.io import atomic_write_text  # noqa: E402
-from pxpo.rewards.human import class_fractions  # noqa: E402
+from pxpo.rewards.human import mean_class_fractions  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
 # run -> the direction each class is asked to move (+1 more, -1 less)
 RUNS = {"more_trees": {"tree": 1, "water": -1}, "more_lake": {"tree": -1, "water": 1}}
-
-
-def mean_fractions(trainer: Trainer, draws: int) -> dict[str, float]:
-    return {c: float(np.mean(v)) for c, v in class_fractions(trainer.single_image_draws(draws), ["tree", "water"]).items()}
+CLASSES = ["tree", "water"]
 
 
 def measure_seed(seed: int, overrides: list[str], draws: int, folder: str) -> dict:
@@ -44,9 +41,10 @@ def measure_seed(seed: int, overrides: list[str], draws: int, folder: str) -> di
         config = load_config(f"configs/human_sim_{name}.toml",
                              [*overrides, f"run.seed={seed}", f"run.output_dir={folder!r}", f"run.name='{name}-{seed}'"])
         trainer = Trainer(config, progress=False)
-        row["start"] = mean_fractions(trainer, draws)  # the same for both runs: same image, same draws
+        if "start" not in row:  # the same for both runs: same image, same draws
+            row["start"] = mean_class_fractions(trainer.single_image_draws(draws), CLASSES)
         trainer.train()
-        row[name] = mean_fractions(trainer, draws)
+        row[name] = mean_class_fractions(trainer.single_image_draws(draws), CLASSES)
     return row
 
 
@@ -67,7 +65,7 @@ def report(results: dict[str, list[dict]]) -> str:
                   "| --- | --- | --- | --- | --- |"]
         for r in rows:
             marks = held(r)
-            cells = [f"{r['start'][c]:.3f} -> {r[run][c]:.3f} {'✓' if marks[f'{run}:{c}'] else '✗'}" for run in RUNS for c in ("tree", "water")]
+            cells = [f"{r['start'][c]:.3f} -> {r[run][c]:.3f} {'✓' if marks[f'{run}:{c}'] else '✗'}" for run in RUNS for c in CLASSES]
             lines.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
         lines += ["| held | " + " | ".join(f"{n} of {len(rows)}" for n in counts) + " |", ""]
     return "\n".join(lines)

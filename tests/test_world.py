@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pytest
-from PIL import Image
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -133,10 +132,10 @@ def test_simulated_annotator_moves_tree_and_water_the_requested_ways(tmp_path):
     over run seeds, how often each class moved the requested way. This test pins the shipped seed.
     """
     from pxpo.config import load_config
-    from pxpo.rewards.human import class_fractions
+    from pxpo.rewards.human import mean_class_fractions
 
     def fractions(trainer):
-        return {c: float(np.mean(v)) for c, v in class_fractions(trainer.single_image_draws(8), ["tree", "water"]).items()}
+        return mean_class_fractions(trainer.single_image_draws(8), ["tree", "water"])
 
     start, end = {}, {}
     for name in ("more_trees", "more_lake"):

@@ -12,6 +12,7 @@ the trainer writes ``DIR/step_k.png`` (the image to judge) and waits until
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -132,12 +133,24 @@ def simulated_annotator(
     return reward
 
 
+@functools.lru_cache(maxsize=2)
+def _measuring_segmenter(model: str):
+    """The segmenter that class_fractions measures with, loaded once per model (measurements repeat)."""
+    from pxpo.models import load_segmenter
+
+    return load_segmenter(model)
+
+
 def class_fractions(images: torch.Tensor, classes: Sequence[str], model: str = "pxpo-tiny-seg") -> dict[str, list[float]]:
     """Fraction of each image's pixels that the segmenter assigns to each class: {class: [B values]}."""
-    from pxpo.models import load_segmenter
     from pxpo.rewards.segmentation import class_probabilities
 
-    segmenter, processor = load_segmenter(model)
+    segmenter, processor = _measuring_segmenter(model)
     labels = class_probabilities(segmenter, processor, images).argmax(dim=1)
     by_name = {str(v).lower(): int(k) for k, v in segmenter.config.id2label.items()}
     return {c: (labels == by_name[c]).float().mean(dim=(1, 2)).tolist() for c in classes}
+
+
+def mean_class_fractions(images: torch.Tensor, classes: Sequence[str], model: str = "pxpo-tiny-seg") -> dict[str, float]:
+    """class_fractions averaged over the images [B, 3, H, W]: {class: mean fraction}."""
+    return {c: float(np.mean(values)) for c, values in class_fractions(images, classes, model).items()}
