@@ -24,7 +24,8 @@ import torch  # noqa: E402
 from pxpo.advantages import heatmap_to_latent, normalize_batch  # noqa: E402
 from pxpo.io import atomic_write_text  # noqa: E402
 from pxpo.losses import ddpo_loss, pxpo_loss  # noqa: E402
-from pxpo.models import add_lora, load_pipeline  # noqa: E402
+from pxpo.families import family_for  # noqa: E402
+from pxpo.models import load_pipeline  # noqa: E402
 from pxpo.rewards import load_reward  # noqa: E402
 from pxpo.sampling import recompute_log_prob, sample_trajectories  # noqa: E402
 
@@ -35,18 +36,19 @@ def log_prob_change(model: str, algorithm: str, lr: float, samples: int, steps: 
     """Δ log p [N, T, C, h, w] of the sampled steps after one optimizer step of ``algorithm``."""
     torch.manual_seed(seed)
     pipe = load_pipeline(model)
-    add_lora(pipe.unet, rank=4)
+    family = family_for(pipe)
+    family.add_lora(rank=4)
     params = [p for p in pipe.unet.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=lr)
     traj = sample_trajectories(
-        pipe, [prompt] * samples, num_steps=steps, guidance_scale=5.0, eta=1.0, generator=torch.Generator().manual_seed(seed)
+        pipe, [prompt] * samples, num_steps=steps, guidance_scale=5.0, noise_level=1.0, generator=torch.Generator().manual_seed(seed)
     )
     heatmaps = load_reward("blue_penalty")(traj.images, traj.prompts, [{}] * samples)
     latent = heatmap_to_latent(heatmaps, traj.latents.shape[-1])
     advantages = normalize_batch(latent) if algorithm == "pxpo" else normalize_batch(latent.mean(dim=(1, 2, 3)))
     rows = torch.arange(samples)
     for j in range(steps):
-        out = recompute_log_prob(pipe.unet, pipe.scheduler, traj, rows, torch.full((samples,), j), guidance_scale=5.0, eta=1.0)
+        out = recompute_log_prob(family, pipe.unet, traj, rows, torch.full((samples,), j), guidance_scale=5.0, noise_level=1.0)
         old = traj.log_probs[:, j]
         if algorithm == "pxpo":
             loss = pxpo_loss(out.log_prob, old, advantages, 1.0).loss
@@ -58,7 +60,7 @@ def log_prob_change(model: str, algorithm: str, lr: float, samples: int, steps: 
     with torch.no_grad():
         new = torch.stack(
             [
-                recompute_log_prob(pipe.unet, pipe.scheduler, traj, rows, torch.full((samples,), j), guidance_scale=5.0, eta=1.0).log_prob
+                recompute_log_prob(family, pipe.unet, traj, rows, torch.full((samples,), j), guidance_scale=5.0, noise_level=1.0).log_prob
                 for j in range(steps)
             ],
             dim=1,

@@ -88,9 +88,9 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.model is None:
-        from pxpo.models import BUNDLED_PIPELINES
+        from pxpo.world import WEIGHTS
 
-        args.model = str(BUNDLED_PIPELINES["pxpo-tiny"])
+        args.model = str(WEIGHTS / "pxpo-tiny")
     if args.child:
         return pxpo_child(args)
 

@@ -1,12 +1,14 @@
 """Where an epoch's time goes, PXPO and DDPO side by side in one process (epochs interleaved).
 
 The time of one training epoch (sample -> reward -> advantage -> update; no evaluation) is split into
-UNet forward while sampling, VAE decode, reward, UNet forward and backward while training,
-optimizer, and everything else (the epoch's time minus those). The timers wrap the models'
-methods from outside the trainer; a UNet forward counts as training when gradients are on.
+denoiser (UNet or transformer) forward while sampling, VAE decode, reward, denoiser forward and
+backward while training, optimizer, and everything else (the epoch's time minus those). The timers
+wrap the models' methods from outside the trainer; a denoiser forward counts as training when
+gradients are on. "PXPO / scalar" is PXPO's time over the scalar loss's (DDPO, or GRPO with groups).
 Timings on shared machines are noisy: compare by ratios from the same run.
 
     python benchmarks/speed.py --samples 8 --steps 20 --epochs 3 --out docs/benchmarks/speed.md
+    python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --out docs/benchmarks/speed_flow.md
     python benchmarks/speed.py --model sd15-random --height 512 ...   (GPU: SD v1.5 size, random weights)
 """
 
@@ -28,7 +30,7 @@ from pxpo.config import validate_config  # noqa: E402
 from pxpo.io import atomic_write_text  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
-PARTS = ["unet_forward_sampling", "vae_decode", "reward", "unet_forward_training", "backward", "optimizer", "other"]
+PARTS = ["denoiser_forward_sampling", "vae_decode", "reward", "denoiser_forward_training", "backward", "optimizer", "other"]
 
 
 class Timers:
@@ -56,8 +58,10 @@ class Timers:
 
 def instrument(trainer: Trainer, timers: Timers) -> None:
     pipe = trainer.pipe
-    unet = pipe.unet
-    unet.forward = timers.wrap(unet.forward, lambda *a, **k: "unet_forward_training" if torch.is_grad_enabled() else "unet_forward_sampling")
+    denoiser = trainer.family.denoiser
+    denoiser.forward = timers.wrap(
+        denoiser.forward, lambda *a, **k: "denoiser_forward_training" if torch.is_grad_enabled() else "denoiser_forward_sampling"
+    )
     pipe.vae.decode = timers.wrap(pipe.vae.decode, "vae_decode")
     trainer.reward_fn = timers.wrap(trainer.reward_fn, "reward")
     trainer.accelerator.backward = timers.wrap(trainer.accelerator.backward, "backward")
@@ -69,8 +73,11 @@ def build_trainer(algorithm: str, args: argparse.Namespace, folder: str) -> Trai
         {
             "model": {"pretrained": args.model, "gradient_checkpointing": args.gradient_checkpointing,
                       "mixed_precision": args.mixed_precision},
-            "sample": {"num_steps": args.steps, "batch_size": args.samples, "height": args.height, "width": args.height},
-            "train": {"algorithm": algorithm, "batch_size": args.train_batch_size},
+            "sample": {"num_steps": args.steps, "batch_size": args.samples, "height": args.height, "width": args.height,
+                       "group_size": args.group_size},
+            "train": {"algorithm": algorithm, "batch_size": args.train_batch_size,
+                      "timesteps_per_forward": min(args.timesteps_per_forward, args.steps)},
+            "advantage": {"normalization": "group" if args.group_size > 1 else "batch"},
             "eval": {"seeds": [0]},
             "run": {"num_epochs": args.epochs, "output_dir": folder, "name": algorithm},
         }
@@ -88,7 +95,9 @@ def main() -> None:
     parser.add_argument("--model", default="pxpo-tiny", help="a model reference, or sd15-random (SD v1.5 architecture, random weights)")
     parser.add_argument("--samples", type=int, default=8, help="samples per epoch")
     parser.add_argument("--train-batch-size", type=int, default=4)
-    parser.add_argument("--steps", type=int, default=20, help="DDIM steps")
+    parser.add_argument("--steps", type=int, default=20, help="denoising steps")
+    parser.add_argument("--group-size", type=int, default=1, help="samples per prompt group (group normalisation when > 1)")
+    parser.add_argument("--timesteps-per-forward", type=int, default=1, help="train.timesteps_per_forward")
     parser.add_argument("--height", type=int, default=None, help="image size in pixels (default: the model's)")
     parser.add_argument("--epochs", type=int, default=3, help="epochs per algorithm (the first is a warm-up, not counted)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
@@ -120,19 +129,20 @@ def main() -> None:
     median = {alg: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ["total", *PARTS]} for alg, rs in measured.items()}
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
     lines = [
-        f"`{args.model}`, {args.samples} samples/epoch, {args.steps} DDIM steps, train batch {args.train_batch_size}, "
-        f"{device}; median of {len(measured['pxpo'])} epoch(s) after a warm-up, PXPO and DDPO interleaved in one process.",
+        f"`{args.model}`, {args.samples} samples/epoch (groups of {args.group_size}), {args.steps} denoising steps, train batch "
+        f"{args.train_batch_size}, {args.timesteps_per_forward} step(s) per denoiser call, {device}; median of "
+        f"{len(measured['pxpo'])} epoch(s) after a warm-up, PXPO and the scalar loss interleaved in one process.",
         "",
         "| algorithm | total s/epoch | s/sample | " + " | ".join(PARTS) + " | outside model compute |",
         "| --- |" + " --- |" * (len(PARTS) + 3),
     ]
     for alg, m in median.items():
-        outside = (m["optimizer"] + m["other"]) / m["total"]  # not UNet, VAE or reward-model work
+        outside = (m["optimizer"] + m["other"]) / m["total"]  # not denoiser, VAE or reward-model work
         lines.append(
             f"| {alg} | {m['total']:.2f} | {m['total'] / args.samples:.3f} | " + " | ".join(f"{m[k]:.3f}" for k in PARTS) + f" | {outside:.1%} |"
         )
     ratio = median["pxpo"]["total"] / median["ddpo"]["total"]
-    lines += ["", f"PXPO / DDPO time per epoch: {ratio:.3f}"]
+    lines += ["", f"PXPO / scalar time per epoch: {ratio:.3f}"]
     if peak_gb is not None:
         lines.append(f"Peak GPU memory: {peak_gb:.2f} GiB")
     report = "\n".join(lines)

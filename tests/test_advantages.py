@@ -81,3 +81,46 @@ def test_compute_advantages_clips_and_passes_through():
     assert compute_advantages(rewards, ["a"] * 4, "batch", clip_max=1.0).max() == 1.0
     with pytest.raises(ValueError, match="'global'"):
         compute_advantages(rewards, ["a"] * 4, "global", clip_max=None)
+
+
+def test_group_normalisation_standardises_each_group_of_consecutive_samples():
+    rewards = torch.tensor([1.0, 3.0, 10.0, 10.0, -2.0, 4.0])  # three groups of two
+    advantages = compute_advantages(rewards, ["a"] * 6, "group", None, group_size=2)
+    torch.testing.assert_close(advantages, torch.tensor([-1.0, 1.0, 0.0, 0.0, -1.0, 1.0]))  # a constant group gives zeros
+
+
+def test_group_normalisation_of_maps_pools_the_groups_elements():
+    torch.manual_seed(0)
+    maps = torch.randn(4, 1, 3, 3)
+    advantages = compute_advantages(maps, ["a"] * 4, "group", None, group_size=2)
+    for g in range(2):
+        block = maps[2 * g : 2 * g + 2]
+        torch.testing.assert_close(advantages[2 * g : 2 * g + 2], (block - block.mean()) / block.std(unbiased=False))
+
+
+def test_group_location_normalisation_standardises_each_location_within_its_group():
+    torch.manual_seed(0)
+    maps = torch.randn(6, 1, 4, 4)
+    maps[0:3, :, 0, 0] = 7.0  # one location is the same in every image of the first group
+    advantages = compute_advantages(maps, ["a"] * 6, "group_location", None, group_size=3)
+    for g in range(2):
+        block = maps[3 * g : 3 * g + 3]
+        mean, std = block.mean(dim=0, keepdim=True), block.std(dim=0, keepdim=True, unbiased=False)
+        expected = torch.where(std < 1e-6, torch.zeros_like(block), (block - mean) / std)
+        torch.testing.assert_close(advantages[3 * g : 3 * g + 3], expected)
+    assert torch.all(advantages[0:3, :, 0, 0] == 0)
+    # scalar rewards: per location is per image
+    scalars = torch.tensor([1.0, 2.0, 4.0, 0.0])
+    torch.testing.assert_close(compute_advantages(scalars, ["a"] * 4, "group_location", None, group_size=2),
+                               compute_advantages(scalars, ["a"] * 4, "group", None, group_size=2))  # fmt: skip
+
+
+def test_groups_must_divide_the_batch():
+    with pytest.raises(ValueError, match="5 samples cannot be split into groups of 2"):
+        compute_advantages(torch.randn(5), ["a"] * 5, "group", None, group_size=2)
+
+
+def test_heatmap_that_does_not_fit_the_latent_grid_is_refused():
+    with pytest.raises(ValueError, match="heatmap of 60 x 64 pixels cannot be area-averaged onto the 16 x 16 latent grid"):
+        heatmap_to_latent(torch.zeros(1, 60, 64), 16)
+    assert heatmap_to_latent(torch.zeros(1, 60, 64), 16, mode="bilinear").shape == (1, 1, 16, 16)

@@ -18,7 +18,25 @@ def run(script, *args, cwd=ROOT):
 def test_speed_smoke(tmp_path):
     out = tmp_path / "speed.md"
     stdout = run("speed.py", "--model", "tiny-random", "--samples", "2", "--train-batch-size", "2", "--steps", "2", "--epochs", "1", "--out", str(out))
-    assert "PXPO / DDPO time per epoch" in stdout and "unet_forward_sampling" in out.read_text()
+    assert "PXPO / scalar time per epoch" in stdout and "denoiser_forward_sampling" in out.read_text()
+
+
+def test_speed_smoke_flow_family(tmp_path):
+    out = tmp_path / "speed.md"
+    stdout = run("speed.py", "--model", "tiny-random-sd3", "--samples", "4", "--group-size", "2", "--train-batch-size", "2",
+                 "--steps", "2", "--epochs", "1", "--out", str(out))
+    assert "PXPO / scalar time per epoch" in stdout and "`tiny-random-sd3`" in out.read_text()
+
+
+def test_flow_sample_efficiency_smoke(tmp_path):
+    run("flow_sample_efficiency.py", "--tasks", "blue", "--seeds", "1", "--lrs", "1e-2", "--epochs", "1", "--num-steps", "2",
+        "--samples", "2", "--group-size", "2", "--eval-seeds", "1", "--model", "tiny-random-sd3", "--out", str(tmp_path))
+    report = (tmp_path / "flow_sample_efficiency.md").read_text()
+    assert "## blue" in report and "group_location" in report and (tmp_path / "flow_sample_efficiency_blue.png").is_file()
+    raw = json.loads((tmp_path / "flow_sample_efficiency_blue.json").read_text())
+    assert {(r["method"], r["normalization"], r["kl_coef"]) for r in raw} == {
+        (m, n, k) for m in ("pxpo", "ddpo") for n, k in (("group", 0.0), ("batch", 0.0), ("group_location", 0.0), ("group", 0.1))
+    }
 
 
 def test_clip_range_smoke(tmp_path):

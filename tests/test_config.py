@@ -97,3 +97,26 @@ def test_config_reference_is_current():
 
     docs = Path(__file__).parents[1] / "docs" / "config.md"
     assert docs.read_text() == reference_markdown(), "regenerate with: python -m pxpo.config > docs/config.md"
+
+
+def test_every_shipped_config_validates_and_fits_its_model_family():
+    """The hub configs cannot run here: check their structure against a tiny pipeline of the same class."""
+    from pathlib import Path
+
+    from pxpo.families import family_for
+    from pxpo.world.architecture import build_tiny_flux_pipeline, build_tiny_pipeline, build_tiny_sd3_pipeline
+
+    builders = {"stabilityai/": build_tiny_sd3_pipeline, "black-forest-labs/": build_tiny_flux_pipeline, "CompVis/": build_tiny_pipeline}
+    configs = sorted((Path(__file__).parents[1] / "configs").glob("*.toml"))
+    assert len(configs) >= 12
+    for path in configs:
+        config = load_config(path)
+        builder = next((b for prefix, b in builders.items() if config.model.pretrained.startswith(prefix)), None)
+        if builder is None:
+            assert config.model.pretrained.startswith("pxpo-tiny"), path
+            continue
+        family = family_for(builder())
+        family.latent_shape(config.sample.height, config.sample.width)  # raises for a size the family cannot take
+        assert getattr(config.sample, family.noise_setting) > 0
+        if family.noise_setting == "noise_level":
+            assert config.sample.group_size > 1 and config.advantage.normalization == "group_location", path

@@ -92,3 +92,14 @@ def test_shapes_are_checked():
         ddpo_loss(lp, lp, torch.zeros(B), 1e-4)
     with pytest.raises(ValueError, match="clip_range = 0"):
         pxpo_loss(lp, lp, torch.zeros(B, 1, H, W), 0)
+
+
+def test_kl_to_reference_is_the_gaussian_kl_per_element():
+    from pxpo.losses import kl_to_reference
+
+    mean, reference, std = torch.randn(B, C, H, W), torch.randn(B, C, H, W), torch.rand(B, 1, 1, 1) + 0.1
+    expected = torch.distributions.kl_divergence(
+        torch.distributions.Normal(mean, std.expand_as(mean)), torch.distributions.Normal(reference, std.expand_as(mean))
+    ).mean()
+    torch.testing.assert_close(kl_to_reference(mean, reference, std), expected)
+    assert kl_to_reference(mean, mean, std) == 0

@@ -94,7 +94,7 @@ def test_trajectories_reproduce_the_diffusers_pipeline(tiny_pipe):
     prompts = ["red taxi in traffic", "nature landscape"]
     seeds = [3, 4]
     ours = sample_trajectories(
-        tiny_pipe, prompts, num_steps=6, guidance_scale=5.0, eta=1.0, generator=[torch.Generator().manual_seed(s) for s in seeds]
+        tiny_pipe, prompts, num_steps=6, guidance_scale=5.0, noise_level=1.0, generator=[torch.Generator().manual_seed(s) for s in seeds]
     )
     reference = tiny_pipe(
         prompts, num_inference_steps=6, guidance_scale=5.0, eta=1.0, output_type="pt",
@@ -108,17 +108,17 @@ def test_trajectories_reproduce_the_diffusers_pipeline(tiny_pipe):
 
 def test_recomputed_log_probs_equal_sampled_ones(tiny_pipe):
     trajectories = sample_trajectories(
-        tiny_pipe, ["red taxi in traffic"] * 3, num_steps=5, guidance_scale=4.0, eta=1.0, generator=torch.Generator().manual_seed(0)
+        tiny_pipe, ["red taxi in traffic"] * 3, num_steps=5, guidance_scale=4.0, noise_level=1.0, generator=torch.Generator().manual_seed(0)
     )
     rows = torch.tensor([0, 1, 2])
     with torch.no_grad():
         for j in range(5):
             step = torch.full((3,), j)
-            out = recompute_log_prob(tiny_pipe.unet, tiny_pipe.scheduler, trajectories, rows, step, guidance_scale=4.0, eta=1.0)
+            out = recompute_log_prob(tiny_pipe, tiny_pipe.unet, trajectories, rows, step, guidance_scale=4.0, noise_level=1.0)
             torch.testing.assert_close(out.log_prob, trajectories.log_probs[:, j], rtol=1e-4, atol=1e-4)
     # A different order of (sample, step) pairs in one batch gives the same values.
     mixed = recompute_log_prob(
-        tiny_pipe.unet, tiny_pipe.scheduler, trajectories, torch.tensor([2, 0]), torch.tensor([4, 1]), guidance_scale=4.0, eta=1.0
+        tiny_pipe, tiny_pipe.unet, trajectories, torch.tensor([2, 0]), torch.tensor([4, 1]), guidance_scale=4.0, noise_level=1.0
     )
     torch.testing.assert_close(mixed.log_prob[0], trajectories.log_probs[2, 4], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(mixed.log_prob[1], trajectories.log_probs[0, 1], rtol=1e-4, atol=1e-4)

@@ -89,7 +89,7 @@ def test_lora_initialisation_follows_run_seed_not_global_state(make_config):
         state = torch.random.get_rng_state()
         trainer = Trainer(make_config(run={"name": name, "seed": seed}), pipeline=pipe, progress=False)
         assert torch.equal(state, torch.random.get_rng_state())  # the trainer leaves the global RNG alone
-        return trainable_state_dict(trainer.accelerator.unwrap_model(trainer.unet))
+        return trainable_state_dict(trainer.accelerator.unwrap_model(trainer.denoiser))
 
     first, again, other = lora("a", seed=0), lora("bb", seed=0), lora("c", seed=1)
     assert first.keys() == again.keys() and len(first) > 0

@@ -5,11 +5,12 @@ import json
 import numpy as np
 import pytest
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 
 from pxpo.cli import main
 from pxpo.config import validate_config
-from pxpo.models import WEIGHTS, load_pipeline, load_segmenter
+from pxpo.models import load_pipeline, load_segmenter
+from pxpo.world import WEIGHTS
 from pxpo.rewards import RewardError, load_reward
 from pxpo.trainer import Trainer
 from pxpo.world.evaluate import segmenter_iou
@@ -113,13 +114,16 @@ def test_hair_removal_run_lowers_hair_confidence(tmp_path):
 
 def test_pretrain_command_writes_loadable_models(tmp_path):
     out = tmp_path / "weights"
-    args = ["pretrain", "--out", str(out)] + [f"--set={k}=2" for k in ("vae_steps", "unet_steps", "seg_steps")]
-    assert main(args + ["--set", "num_scenes=64", "--set", "vae_batch=8", "--set", "unet_batch=8", "--set", "seg_batch=8"]) == 0
+    args = ["pretrain", "--out", str(out)] + [f"--set={k}=2" for k in ("vae_steps", "unet_steps", "flow_steps", "seg_steps")]
+    sizes = [f"--set={k}=8" for k in ("vae_batch", "unet_batch", "flow_batch", "seg_batch")]
+    assert main(args + ["--set", "num_scenes=64", *sizes]) == 0
     load_pipeline(str(out / "pxpo-tiny"))
+    flow = load_pipeline(str(out / "pxpo-tiny-flow"))
+    assert isinstance(flow, StableDiffusion3Pipeline) and flow.vae.config.shift_factor is not None
     model, _ = load_segmenter(str(out / "pxpo-tiny-seg"))
     assert model.config.num_labels == len(CLASSES)
-    stats = json.loads((out / "pretrain_stats_t2i_segmenter.json").read_text())
-    assert stats["settings"]["unet_steps"] == 2 and stats["unet_seconds"] > 0
+    stats = json.loads((out / "pretrain_stats_t2i_flow_segmenter.json").read_text())
+    assert stats["settings"]["unet_steps"] == 2 and stats["unet_seconds"] > 0 and stats["flow_seconds"] > 0
     assert main(["pretrain", "--out", str(out), "--set", "unet_stepz=3"]) == 2
 
 

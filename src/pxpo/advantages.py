@@ -9,6 +9,12 @@ Normalisation turns rewards into advantages. The statistics of a map are those o
 elements: "batch" standardises over every element of every image (the paper's "standardised
 across all images"); "per_prompt" keeps a buffer of recent images per prompt (DDPO's per-prompt
 statistics) and falls back to the batch's statistics until a prompt has ``min_count`` images.
+
+GRPO's groups: with ``sample.group_size = k`` the batch is made of consecutive groups of k samples of
+one prompt. "group" standardises within each group (a scalar reward per image; a map over all the
+group's elements); "group_location" standardises each latent location within its group (the
+dense variant of DenseFlow-GRPO): a location whose reward is the same in every image of its group
+gets advantage 0.
 """
 
 from __future__ import annotations
@@ -21,7 +27,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 
-Normalization = Literal["none", "batch", "per_prompt"]
+Normalization = Literal["none", "batch", "per_prompt", "group", "group_location"]
 InterpolationMode = Literal["area", "bilinear"]
 
 _MIN_STD = 1e-6  # below this a batch is constant (float32 rounding of a constant map gives ~1e-8)
@@ -44,6 +50,11 @@ def heatmap_to_latent(
     if heatmap.ndim != 3:
         raise ValueError(f"heatmap of shape {tuple(heatmap.shape)}: expected [B, H, W]")
     size = (latent_size, latent_size) if isinstance(latent_size, int) else tuple(latent_size)
+    if mode == "area" and (heatmap.shape[1] % size[0] or heatmap.shape[2] % size[1]):
+        raise ValueError(
+            f"heatmap of {heatmap.shape[1]} x {heatmap.shape[2]} pixels cannot be area-averaged onto the {size[0]} x {size[1]} "
+            "latent grid: its sides must be multiples of the grid's (or use advantage.interpolation = 'bilinear')"
+        )
     maps = heatmap.float().unsqueeze(1)
     if mode == "area":
         return F.interpolate(maps, size=size, mode="area")
@@ -66,6 +77,29 @@ def normalize_batch(rewards: torch.Tensor) -> torch.Tensor:
     """
     rewards = rewards.float()
     return _standardise(rewards, rewards.mean(), rewards.std(unbiased=False), "batch normalisation")
+
+
+def normalize_groups(rewards: torch.Tensor, group_size: int, per_location: bool = False) -> torch.Tensor:
+    """Standardise within consecutive groups of ``group_size`` samples.
+
+    Args:
+        rewards: [B] scalar rewards or [B, ...] reward maps; B a multiple of ``group_size``.
+        group_size: k, the samples per group (consecutive rows).
+        per_location: standardise each element position separately over the group's k samples
+            (for maps); otherwise over all of the group's elements.
+
+    Returns:
+        Advantages of the same shape. A group (or a location) with zero variance gets zeros.
+    """
+    b = rewards.shape[0]
+    if group_size < 1 or b % group_size:
+        raise ValueError(f"{b} samples cannot be split into groups of {group_size}")
+    grouped = rewards.float().reshape(b // group_size, group_size, -1)  # [G, k, E]
+    dims = (1,) if per_location else (1, 2)
+    mean = grouped.mean(dim=dims, keepdim=True)
+    std = grouped.std(dim=dims, keepdim=True, unbiased=False)
+    advantages = torch.where(std < _MIN_STD, torch.zeros_like(grouped), (grouped - mean) / std.clamp(min=_MIN_STD))
+    return advantages.reshape(rewards.shape)
 
 
 class PerPromptStatTracker:
@@ -128,8 +162,12 @@ def compute_advantages(
     normalization: Normalization,
     clip_max: float | None,
     tracker: PerPromptStatTracker | None = None,
+    group_size: int = 1,
 ) -> torch.Tensor:
-    """Normalise rewards ([B] or [B, 1, h, w]) into advantages of the same shape, then clip to +-clip_max."""
+    """Normalise rewards ([B] or [B, 1, h, w]) into advantages of the same shape, then clip to +-clip_max.
+
+    ``group_size`` is used by the "group" and "group_location" normalisations (consecutive rows form a group).
+    """
     if normalization == "none":
         advantages = rewards.float()
     elif normalization == "batch":
@@ -138,8 +176,10 @@ def compute_advantages(
         if tracker is None:
             raise ValueError("per_prompt normalisation needs a PerPromptStatTracker")
         advantages = tracker.update(prompts, rewards)
+    elif normalization in ("group", "group_location"):
+        advantages = normalize_groups(rewards, group_size, per_location=normalization == "group_location")
     else:
-        raise ValueError(f"normalization = {normalization!r}: expected 'none', 'batch' or 'per_prompt'")
+        raise ValueError(f"normalization = {normalization!r}: expected 'none', 'batch', 'per_prompt', 'group' or 'group_location'")
     if clip_max is not None:
         advantages = advantages.clamp(-clip_max, clip_max)
     return advantages

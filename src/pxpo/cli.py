@@ -8,6 +8,8 @@ import os
 import sys
 from pathlib import Path
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
 EPILOG_TRAIN = """examples:
   pxpo train configs/blue_penalty.toml
   pxpo train configs/blue_penalty.toml --set train.algorithm=ddpo --set run.num_epochs=20
@@ -17,6 +19,7 @@ EPILOG_TRAIN = """examples:
 
 EPILOG_SAMPLE = """examples:
   pxpo sample tiny-random --prompt "red taxi in traffic" --seed 0 1 2 3
+  pxpo sample pxpo-tiny-flow --prompt "nature landscape" --seed 0 1 2 3
   pxpo sample runs/blue_penalty-20261123-101500 --prompt "red taxi in traffic" --out taxi.png
 """
 
@@ -53,9 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("model", metavar="MODEL_OR_RUN", help="a bundled model name, a model folder, a hub id, or a run folder")
     sample.add_argument("--prompt", required=True, help="the text prompt")
     sample.add_argument("--seed", type=int, nargs="+", default=[0], help="one image per seed (default: 0)")
-    sample.add_argument("--num-steps", type=int, default=20, help="DDIM steps (default: 20)")
+    sample.add_argument("--num-steps", type=int, default=20, help="denoising steps (default: 20)")
     sample.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default: 5)")
-    sample.add_argument("--eta", type=float, default=1.0, help="DDIM noise weight, 0 to 1 (default: 1, as in training)")
+    sample.add_argument("--eta", type=float, default=1.0, help="SD models: DDIM noise weight in (0, 1] (default: 1, as in training)")
+    sample.add_argument("--noise-level", type=float, default=0.7, help="SD3/FLUX models: the SDE's noise level (default: 0.7, as in training)")
+    sample.add_argument("--height", type=int, help="image height in pixels (with --width; default: the model's)")
+    sample.add_argument("--width", type=int, help="image width in pixels (with --height; default: the model's)")
     sample.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
     app = commands.add_parser(
         "app",
@@ -80,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     pretrain.add_argument("--out", default="pretrained", help="folder for pxpo-tiny/ and pxpo-tiny-seg/ (default: pretrained)")
-    pretrain.add_argument("--only", choices=["t2i", "segmenter"], help="train only one of the two")
+    pretrain.add_argument("--only", choices=["t2i", "flow", "segmenter"], help="train only one of the two")
     pretrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a PretrainSettings field, e.g. unet_steps=100 (repeatable)")
     return parser
 
@@ -105,7 +111,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
         values[key] = expected(value)
     settings = PretrainSettings(**values)
     out = Path(args.out)
-    parts = (args.only,) if args.only else ("t2i", "segmenter")
+    parts = (args.only,) if args.only else ("t2i", "flow", "segmenter")
     stats = pretrain(out, settings, parts)
     atomic_write_json(out / f"pretrain_stats_{'_'.join(parts)}.json", {"settings": dataclasses.asdict(settings), **stats})
     print(json.dumps(stats, indent=2))
@@ -165,38 +171,43 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from pxpo.config import load_config
+    from pxpo.families import family_for
     from pxpo.io import save_image
     from pxpo.models import load_pipeline
-    from pxpo.run_folder import RunFolder
+    from pxpo.run_folder import RunFolder, to_pil
+    from pxpo.sampling import sample_trajectories
 
-    if not 0 <= args.eta <= 1:
-        raise ValueError(f"--eta {args.eta}: expected a number from 0 to 1")
+    if not 0 < args.eta <= 1:
+        raise ValueError(f"--eta {args.eta}: expected a number in (0, 1]")
+    if not args.noise_level > 0:
+        raise ValueError(f"--noise-level {args.noise_level}: expected a number > 0")
+    if args.num_steps < 1:
+        raise ValueError(f"--num-steps {args.num_steps}: expected at least 1")
+    if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
+        raise ValueError(f"--out {args.out!r}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
     run = RunFolder(args.model)
     if run.config.is_file():
         pipe = load_pipeline(load_config(run.config).model.pretrained)
+        family = family_for(pipe)
+        full = run.denoiser(family.denoiser_name)
         if run.lora.is_dir():
             pipe.load_lora_weights(str(run.lora))
-        elif run.unet.is_dir():
-            from diffusers import UNet2DConditionModel
-
-            pipe.unet = UNet2DConditionModel.from_pretrained(str(run.unet))
+        elif full.is_dir():
+            family.denoiser = type(family.denoiser).from_pretrained(str(full))
+        else:
+            raise ValueError(f"run folder {args.model!r} has no trained weights (no lora/ nor {full.name}/): nothing to sample")
     else:
         pipe = load_pipeline(args.model)
-    images = [
-        pipe(
-            args.prompt,
-            num_inference_steps=args.num_steps,
-            guidance_scale=args.guidance_scale,
-            eta=args.eta,
-            generator=torch.Generator().manual_seed(seed),
-        ).images[0]
-        for seed in args.seed
-    ]
-    strip = Image.new("RGB", (sum(i.width for i in images), max(i.height for i in images)))
-    x = 0
-    for image in images:
-        strip.paste(image, (x, 0))
-        x += image.width
+        family = family_for(pipe)
+    noise_level = args.eta if family.noise_setting == "eta" else args.noise_level
+    images = sample_trajectories(
+        family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,
+        noise_level=noise_level, generator=[torch.Generator().manual_seed(seed) for seed in args.seed],
+        height=args.height, width=args.width,
+    ).images  # fmt: skip
+    strip = Image.new("RGB", (images.shape[-1] * len(images), images.shape[-2]))
+    for i, image in enumerate(images):
+        strip.paste(to_pil(image), (i * images.shape[-1], 0))
     save_image(strip, args.out)
     print(f"wrote {args.out} ({len(images)} image(s), seeds {args.seed})")
     return 0

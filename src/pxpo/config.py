@@ -38,11 +38,15 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    pretrained: str = Field("pxpo-tiny", description="Base pipeline: a bundled name (pxpo-tiny, tiny-random), a local folder or a hub id (org/name).")
-    lora: bool = Field(True, description="Train a LoRA adapter (peft) on the UNet; false fine-tunes the whole UNet.")
+    pretrained: str = Field(
+        "pxpo-tiny",
+        description="Base pipeline: a registered name (pxpo-tiny, pxpo-tiny-flow, tiny-random, tiny-random-sd3, tiny-random-flux), "
+        "a local folder or a hub id (org/name) of a StableDiffusionPipeline, StableDiffusion3Pipeline or FluxPipeline.",
+    )
+    lora: bool = Field(True, description="Train a LoRA adapter (peft) on the denoiser (UNet or transformer); false fine-tunes all of it.")
     lora_rank: int = Field(4, gt=0, description="LoRA rank r.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to the rank (scale 1).")
-    gradient_checkpointing: bool = Field(False, description="Recompute UNet activations in the backward pass to save memory.")
+    gradient_checkpointing: bool = Field(False, description="Recompute the denoiser's activations in the backward pass to save memory.")
     mixed_precision: Literal["no", "fp16", "bf16"] = Field(
         "no", description="Frozen weights and autocast in half precision (GPU only; LoRA weights stay fp32)."
     )
@@ -57,9 +61,19 @@ class ModelConfig(_Section):
 
 class SampleConfig(_Section):
     prompts: list[str] = Field(["red taxi in traffic"], min_length=1, description="Training prompts, drawn uniformly for each sample.")
-    num_steps: int = Field(20, gt=0, description="DDIM steps T per sample.")
-    eta: float = Field(1.0, gt=0, description="DDIM noise weight; > 0, since eta = 0 is deterministic (no log-probability).")
-    guidance_scale: float = Field(5.0, ge=0, description="Classifier-free guidance weight (guidance is on when > 1).")
+    num_steps: int = Field(20, gt=0, description="Denoising steps T per sample.")
+    eta: float = Field(
+        1.0, gt=0, le=1, description="DDIM noise weight of SD-family models, in (0, 1]; eta = 0 is deterministic (no log-probability)."
+    )
+    noise_level: float = Field(
+        0.7, gt=0, description="Noise level a of the flow-matching SDE (SD3, FLUX families; Flow-GRPO's 0.7); > 0."
+    )
+    guidance_scale: float = Field(
+        5.0, ge=0, description="Classifier-free guidance weight (on when > 1); FLUX: the guidance embedding's value (3.5 for FLUX.1-dev)."
+    )
+    group_size: int = Field(
+        1, gt=0, description="Samples per prompt in each sampling batch (GRPO's group; must divide sample.batch_size)."
+    )
     batch_size: int = Field(8, gt=0, description="Samples per sampling batch (per process).")
     num_batches_per_epoch: int = Field(1, gt=0, description="Sampling batches per epoch (per process).")
     single_image_seed: int | None = Field(
@@ -82,7 +96,7 @@ class SampleConfig(_Section):
 
 class TrainConfig(_Section):
     algorithm: Literal["pxpo", "ddpo"] = Field("pxpo", description="pxpo: per-pixel advantages; ddpo: one advantage per image.")
-    learning_rate: float = Field(3e-4, gt=0, description="AdamW learning rate.")
+    learning_rate: float = Field(3e-4, gt=0, allow_inf_nan=False, description="AdamW learning rate.")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     adam_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
@@ -97,6 +111,12 @@ class TrainConfig(_Section):
         description="Trained steps of each sample batched into one UNet forward and backward. The gradient is the same "
         "(the steps' gradients are summed before each optimizer step either way); larger is faster and uses more memory.",
     )
+    kl_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the KL to the reference policy (the base model, LoRA switched off): per element "
+        "(mean - mean_ref)^2 / (2 std^2), averaged; needs model.lora = true. 0: off.",
+    )
     clip_range: float | None = Field(
         None,
         gt=0,
@@ -107,8 +127,11 @@ class TrainConfig(_Section):
 
 
 class AdvantageConfig(_Section):
-    normalization: Literal["none", "batch", "per_prompt"] = Field(
-        "batch", description="none; batch (all pixels of all images); per_prompt (a buffer of recent images per prompt)."
+    normalization: Literal["none", "batch", "per_prompt", "group", "group_location"] = Field(
+        "batch",
+        description="none; batch (all pixels of all images); per_prompt (a buffer of recent images per prompt); group (within "
+        "each prompt group of sample.group_size images: over the group's elements); group_location (each latent location "
+        "within its group).",
     )
     interpolation: Literal["area", "bilinear"] = Field("area", description="Heatmap -> latent grid resampling (area keeps the mean).")
     per_prompt_buffer_size: int = Field(32, gt=0, description="Images kept per prompt for per_prompt statistics.")
@@ -132,7 +155,7 @@ class RunConfig(_Section):
     output_dir: str = Field("runs", description="Folder in which the run folder is made.")
     name: str | None = Field(None, description="Run folder name; defaults to the config file's name and the time.")
     num_epochs: int = Field(10, gt=0, description="Epochs: each samples, rewards, computes advantages and updates.")
-    seed: int = Field(0, description="Seed of all randomness (LoRA initialisation, sampling noise, prompt draws, shuffling).")
+    seed: int = Field(0, ge=0, description="Seed of all randomness (LoRA initialisation, sampling noise, prompt draws, shuffling).")
     checkpoint_every: int = Field(5, gt=0, description="Write a checkpoint every this many epochs (and after the last).")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
 
@@ -170,6 +193,19 @@ class Config(_Section):
                 raise ValueError(f"eval.seeds = {self.eval.seeds}: single-image mode evaluates its own seed; leave it unset or [{single}]")
         if self.eval.seeds is None:
             self.eval.seeds = [0, 1, 2, 3]
+        if (self.sample.height is None) != (self.sample.width is None):
+            raise ValueError(f"sample.height = {self.sample.height}, sample.width = {self.sample.width}: set both or neither")
+        group = self.sample.group_size
+        if self.sample.batch_size % group:
+            raise ValueError(f"sample.group_size = {group} must divide sample.batch_size = {self.sample.batch_size}")
+        if self.advantage.normalization in ("group", "group_location") and group < 2:
+            raise ValueError(
+                f"advantage.normalization = {self.advantage.normalization!r} needs sample.group_size >= 2 (got {group})"
+            )
+        if self.train.kl_coef > 0 and not self.model.lora:
+            raise ValueError(
+                f"train.kl_coef = {self.train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off"
+            )
         if self.eval.prompts is None:
             self.eval.prompts = list(self.sample.prompts)
         per_epoch = self.sample.batch_size * self.sample.num_batches_per_epoch

@@ -25,11 +25,13 @@ class LossOutput:
         loss: the clipped surrogate to minimise.
         approx_kl: 0.5 * mean((log_prob - old_log_prob)^2), an estimate of KL(old || new).
         clipfrac: the fraction of ratios outside [1 - clip_range, 1 + clip_range].
+        kl: the KL to the reference policy, when the trainer adds one (``train.kl_coef > 0``).
     """
 
     loss: torch.Tensor
     approx_kl: torch.Tensor
     clipfrac: torch.Tensor
+    kl: torch.Tensor | None = None
 
 
 def clipped_surrogate(
@@ -93,3 +95,19 @@ def ddpo_loss(
             f"{tuple(advantages.shape)}: expected three tensors of shape [B]"
         )
     return clipped_surrogate(log_prob, old_log_prob, advantages, clip_range)
+
+
+def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(policy || reference) of two Gaussian steps with the same std, averaged over elements.
+
+    Per element (mean - reference_mean)^2 / (2 std^2): the KL of N(mean, std^2) to N(reference_mean, std^2).
+
+    Args:
+        mean: the policy step's mean [B, C, h, w].
+        reference_mean: the reference policy's mean for the same step [B, C, h, w].
+        std: the step's standard deviation, broadcastable (e.g. [B, 1, 1, 1]).
+
+    Returns:
+        A scalar: the mean over batch and elements.
+    """
+    return ((mean - reference_mean) ** 2 / (2 * std**2)).mean()

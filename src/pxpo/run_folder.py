@@ -7,7 +7,7 @@
       evolution.png        fixed-seed samples (rows) across epochs (columns)
       eval/epoch_0003/seed_0000.png ...
       lora/                pytorch_lora_weights.safetensors (``pipe.load_lora_weights(RUN / "lora")``)
-      unet/                the fine-tuned UNet, when not training LoRA
+      unet/ or transformer/ the fine-tuned denoiser, when not training LoRA
       checkpoints/epoch_0005/{trainable.safetensors, optimizer.safetensors, state.json}
 
 Every file is written atomically; checkpoints hold safetensors and JSON only (no pickles).
@@ -66,8 +66,11 @@ class RunFolder:
         self.evolution = self.path / "evolution.png"
         self.eval_dir = self.path / "eval"
         self.lora = self.path / "lora"
-        self.unet = self.path / "unet"
         self.checkpoints = self.path / "checkpoints"
+
+    def denoiser(self, name: str) -> Path:
+        """The folder of a fully fine-tuned denoiser ("unet" or "transformer")."""
+        return self.path / name
 
     # metrics -----------------------------------------------------------------------------------
     def read_metrics(self) -> list[dict]:

@@ -1,10 +1,17 @@
-"""DDIM sampling that keeps the per-element log-probability of every denoising step.
+"""Sampling that keeps the per-element log-probability of every denoising step, for every model family.
 
-A latent diffusion model with a stochastic DDIM sampler (eta > 0) is a policy: each step draws
-x_{t-1} ~ N(mean_theta(x_t, t, c), std_t^2 I). PXPO needs the log-probability of every latent
-element separately, so nothing here reduces over elements; the reduction belongs in the loss.
+A latent diffusion model with a stochastic sampler is a policy: each step draws
+x_next ~ N(mean_theta(x, t, c), std_t^2 I). Two such steps are here:
 
-Shapes: B batch, T denoising steps, C latent channels, h x w latent grid, L tokens, D text width.
+- ``ddim_step_with_logprob``: DDIM with eta > 0 (Stable Diffusion v1/v2-class UNets);
+- ``flow_step_with_logprob``: the SDE of Flow-GRPO for flow-matching models (SD3, FLUX).
+
+PXPO needs the log-probability of every latent element separately, so nothing here reduces over
+elements; the reduction belongs in the loss. ``sample_trajectories`` and ``recompute_log_prob`` run
+the same loop for every family (``pxpo.families``): latents always live on the family's latent grid
+[B, C, h, w] (FLUX's packed tokens are unpacked by its family), where heatmaps meet them.
+
+Shapes: B batch, T denoising steps, C latent channels, h x w latent grid.
 """
 
 from __future__ import annotations
@@ -12,11 +19,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
-from diffusers import DDIMScheduler, StableDiffusionPipeline
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
+
+if TYPE_CHECKING:
+    from pxpo.families import ModelFamily
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
@@ -24,14 +35,14 @@ Generator = torch.Generator | Sequence[torch.Generator] | None
 
 
 @dataclass
-class DDIMStepOutput:
-    """One DDIM step as a Gaussian policy. All tensors are float32.
+class StepOutput:
+    """One denoising step as a Gaussian policy. All tensors are float32.
 
     Attributes:
-        prev_sample: x_{t-1} [B, C, h, w], drawn from N(mean, std^2) or given by the caller.
+        prev_sample: the next latents [B, C, h, w], drawn from N(mean, std^2) or given by the caller.
         log_prob: log N(prev_sample | mean, std^2) per element [B, C, h, w] (not reduced).
         mean: the Gaussian's mean [B, C, h, w].
-        std: the Gaussian's standard deviation, one per sample [B, 1, 1, 1].
+        std: the Gaussian's standard deviation, one per sample [B, 1, 1, 1] (or [B, 1, 1] for token latents).
     """
 
     prev_sample: torch.Tensor
@@ -45,6 +56,19 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
     return values.reshape(-1, 1, 1, 1)
 
 
+DDIMStepOutput = StepOutput  # the name of earlier releases
+
+
+def _gaussian(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None, generator: Generator) -> StepOutput:
+    """Draw ``prev_sample`` from N(mean, std^2) unless given; its per-element log-density."""
+    if prev_sample is None:
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=torch.float32)
+        prev_sample = mean + std * noise
+    prev_sample = prev_sample.detach().float()
+    log_prob = -((prev_sample - mean) ** 2) / (2 * std**2) - std.log() - _LOG_SQRT_2PI
+    return StepOutput(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std)
+
+
 def ddim_step_with_logprob(
     scheduler: DDIMScheduler,
     model_output: torch.Tensor,
@@ -53,7 +77,7 @@ def ddim_step_with_logprob(
     eta: float,
     prev_sample: torch.Tensor | None = None,
     generator: Generator = None,
-) -> DDIMStepOutput:
+) -> StepOutput:
     """One stochastic DDIM step x_t -> x_{t-1}, with the per-element log-probability.
 
     Computes the same mean and standard deviation as ``DDIMScheduler.step`` (epsilon, v and sample
@@ -70,7 +94,7 @@ def ddim_step_with_logprob(
         generator: torch generator(s) for the draw (one per sample, or one for the batch).
 
     Returns:
-        DDIMStepOutput with prev_sample, log_prob [B, C, h, w], mean [B, C, h, w], std [B, 1, 1, 1].
+        StepOutput with prev_sample, log_prob [B, C, h, w], mean [B, C, h, w], std [B, 1, 1, 1].
     """
     if not eta > 0:
         raise ValueError(f"eta = {eta!r}: the policy's log-probability needs eta > 0 (eta = 0 is deterministic)")
@@ -117,47 +141,96 @@ def ddim_step_with_logprob(
             "deterministic): its log-probability is undefined"
         )
     mean = abar_prev.sqrt() * x0_hat + (1 - abar_prev - std**2).clamp(min=0).sqrt() * eps
-
-    if prev_sample is None:
-        noise = randn_tensor(mean.shape, generator=generator, device=device, dtype=torch.float32)
-        prev_sample = mean + std * noise
-    prev_sample = prev_sample.detach().float()
-    log_prob = -((prev_sample - mean) ** 2) / (2 * std**2) - std.log() - _LOG_SQRT_2PI
-    return DDIMStepOutput(prev_sample=prev_sample, log_prob=log_prob, mean=mean, std=std)
+    return _gaussian(mean, std, prev_sample, generator)
 
 
-def predict_noise(
-    unet: torch.nn.Module,
-    latents: torch.Tensor,
-    timesteps: torch.Tensor,
-    prompt_embeds: torch.Tensor,
-    negative_embeds: torch.Tensor | None,
-    guidance_scale: float,
-) -> torch.Tensor:
-    """The UNet's output with classifier-free guidance.
+def flow_step_index(scheduler: FlowMatchEulerDiscreteScheduler, timestep: float | torch.Tensor, batch: int) -> torch.Tensor:
+    """Positions [B] of ``timestep`` (a scalar or one per sample) in ``scheduler.timesteps``; an error if absent."""
+    timesteps = scheduler.timesteps.float().cpu()
+    t = torch.as_tensor(timestep, dtype=torch.float32).detach().cpu().reshape(-1).expand(batch)
+    distance = (t[:, None] - timesteps[None, :]).abs()
+    index = distance.argmin(dim=1)
+    tolerance = 1e-3 * max(1.0, float(timesteps.abs().max()))
+    if bool((distance.gather(1, index[:, None]) > tolerance).any()):
+        raise ValueError(f"timestep {t.tolist()}: not one of the scheduler's timesteps {[round(v, 3) for v in timesteps.tolist()]}")
+    return index
+
+
+def flow_step_with_logprob(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: Generator = None,
+) -> StepOutput:
+    """One step of the flow-matching SDE of Flow-GRPO (Liu et al. 2025), with the per-element log-probability.
+
+    The ODE x_next = x + dt v (the scheduler's Euler step) becomes an SDE with the same marginals; with
+    sigma = sigmas[i] and dt = sigmas[i + 1] - sigma (< 0):
+
+        std_t = noise_level * sqrt(sigma / (1 - sigma))        (sigma = 1 replaced by sigmas[1] in the denominator)
+        mean  = x + dt * (v + std_t^2 / (2 sigma) * (x + (1 - sigma) v))
+        std   = std_t * sqrt(-dt)
+
+    As noise_level -> 0 the mean is the Euler step.
 
     Args:
-        unet: a UNet2DConditionModel (or a wrapper of one, e.g. DDP).
-        latents: x_t [B, C, h, w].
-        timesteps: [B] or [] timesteps.
-        prompt_embeds: text embeddings [B, L, D].
-        negative_embeds: unconditional embeddings [B, L, D]; None for no guidance.
-        guidance_scale: w in eps_u + w (eps_c - eps_u); guidance is applied when w > 1.
+        scheduler: a FlowMatchEulerDiscreteScheduler on which ``set_timesteps`` has been called.
+        model_output: the (guided) velocity prediction v [B, C, h, w] (or [B, N, D] for packed tokens).
+        timestep: one of ``scheduler.timesteps``: a number, or a tensor [] or [B] (one per sample).
+        sample: x at that timestep, same shape as ``model_output``.
+        noise_level: the SDE's noise weight a, > 0 (Flow-GRPO uses 0.7).
+        prev_sample: the next latents to score; drawn from the step's Gaussian when None.
+        generator: torch generator(s) for the draw (one per sample, or one for the batch).
 
     Returns:
-        The guided model output [B, C, h, w].
+        StepOutput with prev_sample, log_prob (same shape as ``sample``, not reduced), mean, std [B, 1, ...].
     """
-    dtype = prompt_embeds.dtype
-    timesteps = timesteps.reshape(-1).expand(latents.shape[0])
-    if negative_embeds is None or guidance_scale <= 1:
-        return unet(latents.to(dtype), timesteps, encoder_hidden_states=prompt_embeds).sample
-    both = unet(
-        torch.cat([latents, latents]).to(dtype),
-        torch.cat([timesteps, timesteps]),
-        encoder_hidden_states=torch.cat([negative_embeds, prompt_embeds]),
-    ).sample
-    uncond, cond = both.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+    if not noise_level > 0:
+        raise ValueError(f"noise_level = {noise_level!r}: the policy's log-probability needs noise_level > 0 (0 is the deterministic ODE)")
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise TypeError(f"flow_step_with_logprob needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
+    if scheduler.num_inference_steps is None or getattr(scheduler, "sigmas", None) is None:
+        raise ValueError("the scheduler has no timesteps: call scheduler.set_timesteps(num_steps) first")
+    if model_output.shape != sample.shape:
+        raise ValueError(f"model_output has shape {tuple(model_output.shape)}, sample {tuple(sample.shape)}: they must match")
+    batch, device = sample.shape[0], sample.device
+    index = flow_step_index(scheduler, timestep, batch)
+    sigmas = scheduler.sigmas.float().cpu()
+    shape = (batch,) + (1,) * (sample.ndim - 1)
+    sigma = sigmas[index].reshape(shape).to(device)
+    dt = (sigmas[index + 1] - sigmas[index]).reshape(shape).to(device)
+    denominator = torch.where(sigma >= 1, sigmas[1].to(device), sigma)
+    std_t = noise_level * torch.sqrt(sigma / (1 - denominator))
+    x, v = sample.float(), model_output.float()
+    mean = x + dt * (v + std_t**2 / (2 * sigma) * (x + (1 - sigma) * v))
+    std = std_t * torch.sqrt(-dt)
+    if not bool((std > 0).all()):
+        raise ValueError(f"timestep {scheduler.timesteps[index].tolist()} has zero variance: its log-probability is undefined")
+    return _gaussian(mean, std, prev_sample, generator)
+
+
+@dataclass
+class Conditioning:
+    """A batch's text conditioning: batch-first tensors by name (each family chooses its names).
+
+    SD: ``embeds``, ``negative_embeds``; SD3: the same plus ``pooled``, ``negative_pooled``;
+    FLUX: ``embeds``, ``pooled``. Indexing selects samples; ``cat`` joins batches.
+    """
+
+    tensors: dict[str, torch.Tensor]
+
+    def __getitem__(self, index: torch.Tensor | slice) -> Conditioning:
+        return Conditioning({name: value[index] for name, value in self.tensors.items()})
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.tensors.get(name)
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        return Conditioning({name: torch.cat([p.tensors[name] for p in parts]) for name in parts[0].tensors})
 
 
 @dataclass
@@ -166,17 +239,15 @@ class Trajectories:
 
     Attributes:
         prompts: the B prompts.
-        prompt_embeds: [B, L, D] text embeddings used while sampling.
-        negative_embeds: [B, L, D] unconditional embeddings, or None without guidance.
+        conditioning: the text conditioning used while sampling (B rows).
         timesteps: [T] the scheduler's timesteps, first to last.
-        latents: [B, T + 1, C, h, w]: x_T (initial noise) ... x_0.
+        latents: [B, T + 1, C, h, w]: the initial noise ... the final latents, on the latent grid.
         log_probs: [B, T, C, h, w]: per-element log p(latents[:, j + 1] | latents[:, j]).
-        images: [B, 3, H, W] decoded x_0 in [0, 1].
+        images: [B, 3, H, W] decoded final latents in [0, 1].
     """
 
     prompts: list[str]
-    prompt_embeds: torch.Tensor
-    negative_embeds: torch.Tensor | None
+    conditioning: Conditioning
     timesteps: torch.Tensor
     latents: torch.Tensor
     log_probs: torch.Tensor
@@ -188,130 +259,105 @@ class Trajectories:
     @staticmethod
     def cat(parts: Sequence[Trajectories]) -> Trajectories:
         """Concatenate batches sampled with the same timesteps."""
-        first = parts[0]
         return Trajectories(
             prompts=[p for part in parts for p in part.prompts],
-            prompt_embeds=torch.cat([p.prompt_embeds for p in parts]),
-            negative_embeds=None if first.negative_embeds is None else torch.cat([p.negative_embeds for p in parts]),
-            timesteps=first.timesteps,
+            conditioning=Conditioning.cat([p.conditioning for p in parts]),
+            timesteps=parts[0].timesteps,
             latents=torch.cat([p.latents for p in parts]),
             log_probs=torch.cat([p.log_probs for p in parts]),
             images=torch.cat([p.images for p in parts]),
         )
 
 
-def encode_prompts(pipe: StableDiffusionPipeline, prompts: Sequence[str], guidance_scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Text embeddings [B, L, D] for the prompts, and the unconditional ones when guidance is on."""
-    cond, uncond = pipe.encode_prompt(
-        list(prompts), pipe.device, num_images_per_prompt=1, do_classifier_free_guidance=guidance_scale > 1
-    )
-    return cond, (uncond if guidance_scale > 1 else None)
-
-
-def decode_latents(pipe: StableDiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """VAE-decode x_0 latents [B, C, h, w] to float32 images [B, 3, H, W] in [0, 1]."""
-    vae = pipe.vae
-    images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
-    return (images.float() / 2 + 0.5).clamp(0, 1)
-
-
 @torch.no_grad()
 def sample_trajectories(
-    pipe: StableDiffusionPipeline,
+    model,
     prompts: Sequence[str],
     *,
     num_steps: int,
     guidance_scale: float,
-    eta: float,
+    noise_level: float,
     generator: Generator = None,
     height: int | None = None,
     width: int | None = None,
     initial_noise: torch.Tensor | None = None,
     progress: bool = False,
 ) -> Trajectories:
-    """Sample one trajectory per prompt with the pipeline's UNet as the policy.
+    """Sample one trajectory per prompt with the model's denoiser as the policy.
 
     The same generator(s) give the same trajectories: pass one generator per sample (a list) to make
-    each sample depend on its own seed only. With ``eta`` and seeds equal, the images equal those of
-    ``pipe(prompts, eta=eta, generator=...)``.
+    each sample depend on its own seed only. For Stable Diffusion with equal eta and seeds, the images
+    equal those of ``pipe(prompts, eta=eta, generator=...)``.
 
     Args:
-        pipe: a StableDiffusionPipeline whose scheduler is a DDIMScheduler.
+        model: a supported diffusers pipeline (StableDiffusionPipeline, StableDiffusion3Pipeline,
+            FluxPipeline) or a ``pxpo.families.ModelFamily`` wrapping one.
         prompts: B prompts.
-        num_steps: T, the number of DDIM steps.
-        guidance_scale: classifier-free guidance weight (> 1 turns guidance on).
-        eta: DDIM noise weight, > 0.
+        num_steps: T, the number of denoising steps.
+        guidance_scale: classifier-free guidance weight (> 1 turns it on); FLUX's guidance embedding.
+        noise_level: the policy's noise: DDIM's eta (SD) or the SDE's noise level (flow families); > 0.
         generator: torch generator, or a list of B generators.
-        height, width: image size in pixels; defaults to the UNet's sample size times the VAE factor.
-        initial_noise: x_T [B, C, h, w] to start from; drawn from ``generator`` when None (the
+        height, width: image size in pixels (both or neither); defaults to the model's native size.
+        initial_noise: the initial latents [B, C, h, w]; drawn from ``generator`` when None (the
             generator then also draws the steps' noise).
         progress: show a progress bar over the steps.
 
     Returns:
         Trajectories with latents [B, T + 1, C, h, w], log_probs [B, T, C, h, w], images [B, 3, H, W].
     """
-    if not isinstance(pipe.scheduler, DDIMScheduler):
-        raise TypeError(f"the pipeline's scheduler is {type(pipe.scheduler).__name__}: pxpo samples with a DDIMScheduler")
-    unet, scheduler = pipe.unet, pipe.scheduler
-    height = height or unet.config.sample_size * pipe.vae_scale_factor
-    width = width or unet.config.sample_size * pipe.vae_scale_factor
-    prompt_embeds, negative_embeds = encode_prompts(pipe, prompts, guidance_scale)
-    scheduler.set_timesteps(num_steps, device=pipe.device)
-    latents = pipe.prepare_latents(
-        len(prompts), unet.config.in_channels, height, width, torch.float32, pipe.device, generator, latents=initial_noise
-    )
+    from pxpo.families import as_family
+
+    family = as_family(model)
+    latent_shape = family.latent_shape(height, width)
+    conditioning = family.encode_prompts(list(prompts), guidance_scale)
+    timesteps = family.set_timesteps(num_steps, latent_shape)
+    latents = initial_noise.float() if initial_noise is not None else family.initial_noise(len(prompts), latent_shape, generator)
     all_latents, all_log_probs = [latents], []
-    for t in tqdm(scheduler.timesteps, desc="sampling", leave=False, disable=not progress):
-        model_output = predict_noise(unet, latents, t, prompt_embeds, negative_embeds, guidance_scale)
-        step = ddim_step_with_logprob(scheduler, model_output, t, latents, eta, generator=generator)
+    for t in tqdm(timesteps, desc="sampling", leave=False, disable=not progress):
+        model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
+        step = family.step(model_output, t, latents, noise_level, generator=generator)
         latents = step.prev_sample
         all_latents.append(latents)
         all_log_probs.append(step.log_prob)
     return Trajectories(
         prompts=list(prompts),
-        prompt_embeds=prompt_embeds,
-        negative_embeds=negative_embeds,
-        timesteps=scheduler.timesteps.clone(),
+        conditioning=conditioning,
+        timesteps=timesteps.clone(),
         latents=torch.stack(all_latents, dim=1),
         log_probs=torch.stack(all_log_probs, dim=1),
-        images=decode_latents(pipe, latents),
+        images=family.decode(latents),
     )
 
 
 def recompute_log_prob(
-    unet: torch.nn.Module,
-    scheduler: DDIMScheduler,
+    model,
+    denoiser: torch.nn.Module,
     trajectories: Trajectories,
     sample_index: torch.Tensor,
     step_index: torch.Tensor,
     *,
     guidance_scale: float,
-    eta: float,
-) -> DDIMStepOutput:
+    noise_level: float,
+) -> StepOutput:
     """The current policy's log-probability of recorded steps, exactly as they were sampled.
 
     Args:
-        unet: the policy's UNet (possibly wrapped for distributed training).
-        scheduler: the DDIMScheduler used while sampling (same number of steps).
+        model: the pipeline or ``ModelFamily`` that sampled (its scheduler holds the same timesteps).
+        denoiser: the policy's UNet or transformer (possibly wrapped for distributed training).
         trajectories: the sampled batch.
         sample_index: [b] which samples.
         step_index: [b] which step j of each sample (the transition latents[j] -> latents[j + 1]).
-        guidance_scale, eta: as used while sampling.
+        guidance_scale, noise_level: as used while sampling.
 
     Returns:
-        DDIMStepOutput whose log_prob [b, C, h, w] carries gradients into the UNet.
+        StepOutput whose log_prob [b, C, h, w] carries gradients into the denoiser.
     """
-    negative = None if trajectories.negative_embeds is None else trajectories.negative_embeds[sample_index]
+    from pxpo.families import as_family
+
+    family = as_family(model)
     latents = trajectories.latents[sample_index, step_index]
     timesteps = trajectories.timesteps[step_index]
-    model_output = predict_noise(
-        unet, latents, timesteps, trajectories.prompt_embeds[sample_index], negative, guidance_scale
-    )
-    return ddim_step_with_logprob(
-        scheduler,
-        model_output,
-        timesteps,
-        latents,
-        eta,
-        prev_sample=trajectories.latents[sample_index, step_index + 1],
+    model_output = family.predict(denoiser, latents, timesteps, trajectories.conditioning[sample_index], guidance_scale)
+    return family.step(
+        model_output, timesteps, latents, noise_level, prev_sample=trajectories.latents[sample_index, step_index + 1]
     )

@@ -1,13 +1,14 @@
 """The training loop: each epoch samples, rewards, computes advantages and updates the policy.
 
     for epoch in 1..N:
-        trajectories = sample()                      # policy = UNet + DDIM(eta > 0), log-probs kept per element
+        trajectories = sample()                      # policy = denoiser + stochastic sampler, log-probs kept per element
         heatmaps     = reward(trajectories.images)   # [B, H, W] from any black-box callable
         advantages   = advantages(heatmaps)          # PXPO: [B, 1, h, w] on the latent grid; DDPO: [B]
         update(trajectories, advantages)             # PPO-clipped surrogate, inner epochs, timestep subsets
         evaluate()                                   # fixed seeds -> images, reward, evolution grid
 
-Every epoch's randomness is drawn from (run.seed, epoch), so a resumed run repeats an
+The model family (``pxpo.families``: SD, SD3, FLUX) supplies everything model-specific; nothing here
+depends on which one it is. Every epoch's randomness is drawn from (run.seed, epoch), so a resumed run repeats an
 uninterrupted one exactly. accelerate handles devices, processes, mixed precision and gradient
 accumulation.
 """
@@ -25,25 +26,24 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
-from diffusers import StableDiffusionPipeline
+from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from tqdm.auto import tqdm
 
 from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
 from pxpo.config import Config, ConfigError
+from pxpo.families import family_for
 from pxpo.io import atomic_directory, atomic_write_text
-from pxpo.losses import LossOutput, ddpo_loss, pxpo_loss
-from pxpo.models import add_lora, load_pipeline, load_trainable_state_dict, save_lora, trainable_state_dict
-from pxpo.plots import pick_columns, plot_image_grid, plot_reward_curve
+from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
+from pxpo.models import load_pipeline, load_trainable_state_dict, trainable_state_dict
+from pxpo.reporting import Reporter, eval_prompts
 from pxpo.rewards import RewardFn, check_heatmaps, load_reward
 from pxpo.run_folder import RunFolder
-from pxpo.sampling import Trajectories, recompute_log_prob, sample_trajectories
+from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_trajectories
 
 logger = logging.getLogger(__name__)
 
 _PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3}
-MAX_EVOLUTION_COLUMNS = 8
-MAX_EVOLUTION_ROWS = 8
 
 
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
@@ -61,12 +61,13 @@ class Batch:
 
 
 class Trainer:
-    """Fine-tunes a Stable-Diffusion-style pipeline with PXPO or DDPO.
+    """Fine-tunes a diffusers pipeline (SD, SD3 or FLUX family) with PXPO or DDPO/GRPO.
 
     Args:
         config: the validated run configuration.
         reward_fn: a heatmap reward callable; built from ``config.reward`` when None.
-        pipeline: a StableDiffusionPipeline with a DDIMScheduler; loaded from ``config.model`` when None.
+        pipeline: a pipeline of a supported family (its sampler is set up as for a loaded one);
+            loaded from ``config.model`` when None.
         run_dir: the run folder; a new one under ``config.run.output_dir`` when None.
         resume: continue the run in ``run_dir`` from its latest checkpoint.
         progress: show progress bars.
@@ -78,7 +79,7 @@ class Trainer:
         config: Config,
         *,
         reward_fn: RewardFn | None = None,
-        pipeline: StableDiffusionPipeline | None = None,
+        pipeline: DiffusionPipeline | None = None,
         run_dir: str | Path | None = None,
         resume: bool = False,
         progress: bool = True,
@@ -96,7 +97,11 @@ class Trainer:
         )
         self.run = self._check_run_folder(run_dir, resume, config_name)  # before any slow work
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained)
+        self.family = family_for(self.pipe)
+        self.latent_shape = self.family.latent_shape(config.sample.height, config.sample.width)  # checks the size first
+        self.noise_level = getattr(config.sample, self.family.noise_setting)
         self._prepare_models()
+        self.reporter = Reporter(config, self.run, self.reward, self.reward_name)
         if self.accelerator.is_main_process:
             atomic_write_text(self.run.config, self.config.to_toml())
         self.tracker = PerPromptStatTracker(config.advantage.per_prompt_buffer_size, config.advantage.per_prompt_min_count)
@@ -106,25 +111,27 @@ class Trainer:
 
     # set-up --------------------------------------------------------------------------------------
     def _prepare_models(self) -> None:
-        cfg, pipe, acc = self.config.model, self.pipe, self.accelerator
+        cfg, pipe, acc, family = self.config.model, self.pipe, self.accelerator, self.family
         weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[cfg.mixed_precision]
         pipe.to(acc.device)
-        pipe.vae.requires_grad_(False)
-        pipe.text_encoder.requires_grad_(False)
-        frozen = [pipe.vae, pipe.text_encoder, pipe.unet] if cfg.lora else [pipe.vae, pipe.text_encoder]
+        frozen = [pipe.vae, *family.text_encoders]
+        for module in frozen:
+            module.requires_grad_(False).eval()  # an injected pipeline built from configs starts in train mode
+        if cfg.lora:
+            frozen.append(family.denoiser)
         if weight_dtype != torch.float32:
             for module in frozen:
                 module.to(dtype=weight_dtype)
         if cfg.lora:
             with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from run.seed, not global state
                 torch.manual_seed(epoch_seed(self.config.run.seed, 0, "lora"))
-                add_lora(pipe.unet, cfg.lora_rank, cfg.lora_alpha)
-            cast_training_params(pipe.unet, dtype=torch.float32)
+                family.add_lora(cfg.lora_rank, cfg.lora_alpha)
+            cast_training_params(family.denoiser, dtype=torch.float32)
         else:
-            pipe.unet.requires_grad_(True)
+            family.denoiser.requires_grad_(True)
         if cfg.gradient_checkpointing:
-            pipe.unet.enable_gradient_checkpointing()
-        self.params = [p for p in pipe.unet.parameters() if p.requires_grad]
+            family.denoiser.enable_gradient_checkpointing()
+        self.params = [p for p in family.denoiser.parameters() if p.requires_grad]
         t = self.config.train
         optimizer = torch.optim.AdamW(
             self.params,
@@ -133,8 +140,8 @@ class Trainer:
             weight_decay=t.adam_weight_decay,
             eps=t.adam_epsilon,
         )
-        # The prepared (possibly DDP-wrapped) UNet is used for training; pipe.unet for sampling.
-        self.unet, self.optimizer = acc.prepare(pipe.unet, optimizer)
+        # The prepared (possibly DDP-wrapped) denoiser is trained; family.denoiser samples.
+        self.denoiser, self.optimizer = acc.prepare(family.denoiser, optimizer)
 
     def _check_run_folder(self, run_dir: str | Path | None, resume: bool, config_name: str) -> RunFolder:
         if run_dir is None:
@@ -155,7 +162,7 @@ class Trainer:
             self.run.write_metrics([])
             return
         trainable, optimizer_state, state = RunFolder.load_checkpoint(checkpoints[-1])
-        load_trainable_state_dict(self.accelerator.unwrap_model(self.unet), trainable)
+        load_trainable_state_dict(self.accelerator.unwrap_model(self.denoiser), trainable)
         self.optimizer.load_state_dict(optimizer_state)
         self.tracker.load_state_dict(state["tracker"])
         self.start_epoch = state["epoch"] + 1
@@ -216,13 +223,14 @@ class Trainer:
         process = acc.process_index
         prompt_rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts", process))
         noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
-        self.pipe.unet.eval()
+        self.family.denoiser.eval()
         if cfg.single_image_seed is not None:  # the same x_T every epoch, fresh noise for the steps
             return self._sample([cfg.prompts[0]], noise_rng, self._single_image_noise())
         parts = []
         for _ in tqdm(range(cfg.num_batches_per_epoch), desc="sampling", leave=False, disable=not self._show_progress):
-            picks = torch.randint(len(cfg.prompts), (cfg.batch_size,), generator=prompt_rng).tolist()
-            parts.append(self._sample([cfg.prompts[i] for i in picks], noise_rng))
+            # batch_size / group_size prompts, each sampled group_size times in a row (a GRPO group)
+            picks = torch.randint(len(cfg.prompts), (cfg.batch_size // cfg.group_size,), generator=prompt_rng)
+            parts.append(self._sample([cfg.prompts[i] for i in picks.repeat_interleave(cfg.group_size).tolist()], noise_rng))
         return Trajectories.cat(parts)
 
     def _sample(self, prompts: list[str], generator, initial_noise: torch.Tensor | None = None) -> Trajectories:
@@ -230,11 +238,11 @@ class Trainer:
         cfg = self.config.sample
         with self.accelerator.autocast():
             return sample_trajectories(
-                self.pipe,
+                self.family,
                 prompts,
                 num_steps=cfg.num_steps,
                 guidance_scale=cfg.guidance_scale,
-                eta=cfg.eta,
+                noise_level=self.noise_level,
                 generator=generator,
                 height=cfg.height,
                 width=cfg.width,
@@ -242,12 +250,10 @@ class Trainer:
             )
 
     def _single_image_noise(self) -> torch.Tensor:
-        """Single-image mode's x_T [1, C, h, w], drawn from sample.single_image_seed."""
-        cfg, device = self.config.sample, self.accelerator.device
-        factor = self.pipe.vae_scale_factor
-        size = self.pipe.unet.config.sample_size
-        shape = (1, self.pipe.unet.config.in_channels, cfg.height // factor if cfg.height else size, cfg.width // factor if cfg.width else size)
-        return torch.randn(shape, generator=torch.Generator(device=device).manual_seed(cfg.single_image_seed), device=device)
+        """Single-image mode's initial latents [1, C, h, w], drawn from sample.single_image_seed."""
+        device = self.accelerator.device
+        generator = torch.Generator(device=device).manual_seed(self.config.sample.single_image_seed)
+        return torch.randn((1, *self.latent_shape), generator=generator, device=device)
 
     # reward ----------------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
@@ -263,16 +269,13 @@ class Trainer:
         """
         cfg, acc = self.config, self.accelerator
         if cfg.train.algorithm == "pxpo":
-            latent_size = self.pipe.unet.config.sample_size
-            if cfg.sample.height:
-                latent_size = (cfg.sample.height // self.pipe.vae_scale_factor, cfg.sample.width // self.pipe.vae_scale_factor)
-            rewards = heatmap_to_latent(heatmaps, latent_size, cfg.advantage.interpolation)
+            rewards = heatmap_to_latent(heatmaps, self.latent_shape[1:], cfg.advantage.interpolation)
         else:
             rewards = heatmaps.mean(dim=(1, 2))
         all_rewards = acc.gather(rewards)
         all_prompts = gather_object(list(prompts)) if acc.num_processes > 1 else list(prompts)
         advantages = compute_advantages(
-            all_rewards, all_prompts, cfg.advantage.normalization, cfg.train.adv_clip_max, self.tracker
+            all_rewards, all_prompts, cfg.advantage.normalization, cfg.train.adv_clip_max, self.tracker, cfg.sample.group_size
         )
         return advantages.reshape(acc.num_processes, -1, *rewards.shape[1:])[acc.process_index]
 
@@ -280,7 +283,7 @@ class Trainer:
     def update(self, batch: Batch, epoch: int) -> dict:
         """PPO inner epochs over shuffled samples and a random subset of steps; returns mean diagnostics.
 
-        Each training batch's steps go through the UNet ``train.timesteps_per_forward`` at a time; their
+        Each training batch's steps go through the denoiser ``train.timesteps_per_forward`` at a time; their
         gradients are summed (accelerate's accumulation) and the optimizer steps once per
         ``train.gradient_accumulation_steps`` batches, as in DDPO.
         """
@@ -290,9 +293,9 @@ class Trainer:
         rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
         loss_fn = pxpo_loss if cfg.train.algorithm == "pxpo" else ddpo_loss
         chunks = self._timestep_chunks()
-        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0}
+        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, **({"kl": 0.0} if cfg.train.kl_coef > 0 else {})}
         grad_norms = []
-        self.unet.train()
+        self.denoiser.train()
         bar = tqdm(total=cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(chunks), desc="training", leave=False,
                    disable=not self._show_progress)  # fmt: skip
         for _ in range(cfg.train.num_inner_epochs):
@@ -306,7 +309,7 @@ class Trainer:
                     # a chunk's loss is the mean over its steps; weighting by its share of the steps makes the
                     # accumulated gradient the mean over all trained steps, whatever the chunk sizes
                     weight = len(chunk) * len(chunks) / cfg.num_train_timesteps
-                    with acc.accumulate(self.unet):
+                    with acc.accumulate(self.denoiser):
                         output = self._loss(loss_fn, trajectories, advantages, sample_index, step_index)
                         acc.backward(output.loss * weight)
                         if acc.sync_gradients:
@@ -326,37 +329,41 @@ class Trainer:
         return [list(range(i, min(i + k, steps))) for i in range(0, steps, k)]
 
     def _loss(self, loss_fn, trajectories: Trajectories, advantages: torch.Tensor, rows: torch.Tensor, step_index: torch.Tensor) -> LossOutput:
-        sample_cfg = self.config.sample
-        with self.accelerator.autocast():
-            step = recompute_log_prob(
-                self.unet,
-                self.pipe.scheduler,
-                trajectories,
-                rows,
-                step_index,
-                guidance_scale=sample_cfg.guidance_scale,
-                eta=sample_cfg.eta,
-            )
+        """The policy loss of these (sample, step) pairs, plus ``kl_coef`` times the KL to the reference policy."""
+        step = self._log_prob(self.denoiser, trajectories, rows, step_index)
         old = trajectories.log_probs[rows, step_index]
-        if self.config.train.algorithm == "ddpo":
-            return loss_fn(step.log_prob.mean(dim=(1, 2, 3)), old.mean(dim=(1, 2, 3)), advantages[rows], self.config.train.clip_range)
-        return loss_fn(step.log_prob, old, advantages[rows], self.config.train.clip_range)
+        train = self.config.train
+        if train.algorithm == "ddpo":
+            output = loss_fn(step.log_prob.mean(dim=(1, 2, 3)), old.mean(dim=(1, 2, 3)), advantages[rows], train.clip_range)
+        else:
+            output = loss_fn(step.log_prob, old, advantages[rows], train.clip_range)
+        if train.kl_coef > 0:
+            denoiser = self.accelerator.unwrap_model(self.denoiser)
+            denoiser.disable_adapters()  # the reference policy: the same weights without the LoRA
+            try:
+                with torch.no_grad():
+                    reference = self._log_prob(denoiser, trajectories, rows, step_index)
+            finally:
+                denoiser.enable_adapters()
+            output.kl = kl_to_reference(step.mean, reference.mean, step.std)
+            output.loss = output.loss + train.kl_coef * output.kl
+        return output
 
-    # evaluate --------------------------------------------------------------------------------------
+    def _log_prob(self, denoiser: torch.nn.Module, trajectories: Trajectories, rows: torch.Tensor, step_index: torch.Tensor) -> StepOutput:
+        with self.accelerator.autocast():
+            return recompute_log_prob(
+                self.family, denoiser, trajectories, rows, step_index,
+                guidance_scale=self.config.sample.guidance_scale, noise_level=self.noise_level,
+            )  # fmt: skip
+
+    # evaluate ------------------------------------------------------------------------------------
     @torch.no_grad()
     def evaluate(self, epoch: int) -> dict:
-        """Fixed-seed samples: save them, score them, redraw the evolution grid and reward curve."""
+        """Fixed-seed samples of the current policy, saved and scored by the reporter (main process)."""
         if not self.accelerator.is_main_process:
             return {}
         start = time.perf_counter()
-        images = self.eval_images(epoch)
-        seeds, prompts = self.config.eval.seeds, self._eval_prompts()
-        self.run.save_eval_images(epoch, images, seeds)
-        record = {}
-        if self.config.eval.reward:
-            heatmaps = self.reward(images, prompts, [{"prompt": p, "seed": s, "epoch": epoch} for p, s in zip(prompts, seeds)])
-            rewards = heatmaps.mean(dim=(1, 2))
-            record = {"eval_reward_mean": rewards.mean().item(), "eval_reward_std": rewards.std(unbiased=False).item()}
+        record = self.reporter.evaluation(epoch, self.eval_images(epoch))
         return {**record, "eval_seconds": time.perf_counter() - start}
 
     @torch.no_grad()
@@ -370,8 +377,8 @@ class Trainer:
             return self.sample(epoch + 1).images
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in self.config.eval.seeds]
-        self.pipe.unet.eval()
-        return self._sample(self._eval_prompts(), generators).images
+        self.family.denoiser.eval()
+        return self._sample(eval_prompts(self.config), generators).images
 
     @torch.no_grad()
     def single_image_draws(self, num_draws: int, seed: int = 10_000) -> torch.Tensor:
@@ -383,60 +390,37 @@ class Trainer:
         if self.config.sample.single_image_seed is None:
             raise ValueError("single_image_draws needs single-image mode (sample.single_image_seed)")
         generators = [torch.Generator(device=self.accelerator.device).manual_seed(seed + i) for i in range(num_draws)]
-        self.pipe.unet.eval()
+        self.family.denoiser.eval()
         x_T = self._single_image_noise().expand(num_draws, -1, -1, -1)
         return self._sample([self.config.sample.prompts[0]] * num_draws, generators, x_T).images
 
-    def _eval_prompts(self) -> list[str]:
-        prompts = self.config.eval.prompts or self.config.sample.prompts
-        return [prompts[i % len(prompts)] for i in range(len(self.config.eval.seeds))]
-
     # outputs ---------------------------------------------------------------------------------------
     def log_epoch(self, record: dict) -> None:
-        """Append an epoch's metrics and redraw the reward curve and evolution grid."""
-        if not self.accelerator.is_main_process:
-            return
-        metrics = self.run.append_metrics(record)
-        title = f"{self.config.train.algorithm.upper()} - {self.reward_name}"
-        plot_reward_curve(metrics, self.run.reward_curve, title=title)
-        self.plot_evolution(metrics)
-        shown = {k: round(v, 4) for k, v in record.items() if k in ("reward_mean", "eval_reward_mean", "approx_kl", "clipfrac")}
-        logger.info("epoch %d %s", record["epoch"], shown)
-
-    def plot_evolution(self, metrics: list[dict]) -> None:
-        """Rows: the first MAX_EVOLUTION_ROWS evaluation seeds; columns: epochs (at most MAX_EVOLUTION_COLUMNS, evenly spread)."""
-        epochs = [m["epoch"] for m in metrics]
-        columns = pick_columns(epochs, MAX_EVOLUTION_COLUMNS)
-        seeds = self.config.eval.seeds[:MAX_EVOLUTION_ROWS]
-        grid = [[self.run.eval_image_path(e, s) for e in columns] for s in seeds]
-        plot_image_grid(
-            grid,
-            [f"seed {s}" for s in seeds],
-            [f"epoch {e}" for e in columns],
-            self.run.evolution,
-            title=f"{self.config.train.algorithm.upper()}: {', '.join(dict.fromkeys(self._eval_prompts()))}",
-        )
+        """Append an epoch's metrics and redraw the figures (main process)."""
+        if self.accelerator.is_main_process:
+            self.reporter.log_epoch(record)
 
     def save_checkpoint(self, epoch: int) -> None:
-        """Checkpoint (weights, optimizer, advantage statistics) and the loadable LoRA or UNet."""
+        """Checkpoint (weights, optimizer, advantage statistics) and the loadable LoRA or denoiser."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if not acc.is_main_process:
             return
-        unet = acc.unwrap_model(self.unet)
+        denoiser = acc.unwrap_model(self.denoiser)
         self.run.save_checkpoint(
             epoch,
-            trainable_state_dict(unet),
+            trainable_state_dict(denoiser),
             self.optimizer.optimizer if hasattr(self.optimizer, "optimizer") else self.optimizer,
             {"tracker": self.tracker.state_dict()},
             keep=self.config.run.keep_checkpoints,
         )
         if self.config.model.lora:
-            save_lora(unet, self.run.lora)
+            self.family.save_lora(denoiser, self.run.lora)
         else:
-            with atomic_directory(self.run.unet) as tmp:
-                unet.save_pretrained(tmp, safe_serialization=True)
+            with atomic_directory(self.run.denoiser(self.family.denoiser_name)) as tmp:
+                denoiser.save_pretrained(tmp, safe_serialization=True)
 
     @property
     def _show_progress(self) -> bool:
         return self.progress and self.accelerator.is_main_process
+

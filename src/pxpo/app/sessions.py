@@ -36,10 +36,12 @@ class SessionError(ValueError):
         self.status = status
 
 
-# DDIM's noise weight in sessions: at eta = 1 the steps' fresh noise redraws the whole scene each epoch;
-# at 0.3 the image keeps its composition (set by the seed's initial noise) and the policy stays stochastic.
+# The policy's noise in sessions (DDIM's eta for SD models, the SDE's noise level for SD3/FLUX): at 1 the steps'
+# fresh noise redraws the whole scene each epoch; at 0.3 the image keeps its composition (set by the seed's
+# initial noise) and the policy stays stochastic.
 SESSION_ETA = 0.3
-SESSION_STEPS = 20  # DDIM steps per image
+SESSION_NOISE_LEVEL = 0.3
+SESSION_STEPS = 20  # denoising steps per image
 
 
 def session_config(
@@ -52,7 +54,8 @@ def session_config(
     return validate_config(
         {
             "model": {"pretrained": model},
-            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1, "eta": SESSION_ETA, "num_steps": SESSION_STEPS},
+            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1, "eta": SESSION_ETA,
+                       "noise_level": SESSION_NOISE_LEVEL, "num_steps": SESSION_STEPS},
             "train": {"batch_size": 1, "learning_rate": learning_rate, "num_inner_epochs": num_inner_epochs,
                       "timesteps_per_forward": timesteps_per_forward},
             "advantage": {"normalization": "none"},

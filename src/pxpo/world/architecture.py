@@ -1,4 +1,4 @@
-"""Tiny Stable-Diffusion v1 architecture, built from configs in code, offline.
+"""Tiny Stable-Diffusion v1, SD3 and FLUX architectures, built from configs in code, offline.
 
 The same classes as SD v1.x (UNet2DConditionModel, AutoencoderKL, CLIPTextModel, CLIPTokenizer,
 DDIMScheduler) at toy size: a 64 x 64 image has a 4 x 16 x 16 latent (4x VAE downsampling, so a
@@ -158,3 +158,91 @@ def build_sd15_random_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=DDIMScheduler(**scheduler_config()),
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
+
+
+def _eval(pipe):
+    """Every module in eval mode, as ``from_pretrained`` leaves them (T5's dropout would make text embeddings random)."""
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    return pipe
+
+
+# --- flow-matching families -------------------------------------------------------------------------
+def clip_with_projection(tokenizer: CLIPTokenizer, hidden_size: int = 32, num_layers: int = 2):
+    """A tiny CLIPTextModelWithProjection (SD3 uses two: penultimate hidden states and pooled projections)."""
+    from transformers import CLIPTextModelWithProjection
+
+    config = text_encoder_config(tokenizer)
+    config.hidden_size, config.num_hidden_layers, config.projection_dim = hidden_size, num_layers, hidden_size
+    return CLIPTextModelWithProjection(config)
+
+
+def sd3_transformer_config() -> dict:
+    """SD3Transformer2DModel: 4 x 16 x 16 latents in 2 x 2 patches (64 tokens), width 128, 6 joint blocks."""
+    return dict(
+        sample_size=LATENT_SIZE,
+        patch_size=2,
+        in_channels=4,
+        out_channels=4,
+        num_layers=6,
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # two CLIP encoders of width 32, concatenated
+        caption_projection_dim=128,
+        pooled_projection_dim=64,  # their pooled projections, concatenated
+        pos_embed_max_size=LATENT_SIZE // 2,
+    )
+
+
+def flow_scheduler_config() -> dict:
+    """FlowMatchEulerDiscreteScheduler settings of the tiny flow model (no timestep shift at 64 px)."""
+    return dict(num_train_timesteps=1000, shift=1.0)
+
+
+def build_tiny_sd3_pipeline(seed: int = 0, vae: AutoencoderKL | None = None):
+    """A StableDiffusion3Pipeline at toy size (no T5): random weights drawn from ``seed``; ``vae`` reused if given."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    return _eval(StableDiffusion3Pipeline(
+        transformer=SD3Transformer2DModel(**sd3_transformer_config()),
+        scheduler=FlowMatchEulerDiscreteScheduler(**flow_scheduler_config()),
+        vae=vae if vae is not None else AutoencoderKL(**vae_config(), shift_factor=0.0),
+        text_encoder=clip_with_projection(tokenizer),
+        tokenizer=tokenizer,
+        text_encoder_2=clip_with_projection(tokenizer),
+        tokenizer_2=build_tokenizer(),
+        text_encoder_3=None,
+        tokenizer_3=None,
+    ))
+
+
+def build_tiny_flux_pipeline(seed: int = 0):
+    """A FluxPipeline at toy size with random weights (guidance embedding, packed 2 x 2 latents), for tests.
+
+    FLUX's second text encoder is a T5 encoder; here it is a 1-layer T5 with the world's CLIP-layout
+    tokenizer (no SentencePiece model can be built offline), which the pipeline uses the same way.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    tokenizer_2 = build_tokenizer()
+    t5 = T5EncoderModel(T5Config(vocab_size=len(tokenizer_2), d_model=32, d_kv=8, d_ff=64, num_layers=1, num_heads=4))
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2,
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True, axes_dims_rope=(4, 6, 6),
+    )  # fmt: skip
+    return _eval(FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(**flow_scheduler_config(), use_dynamic_shifting=True,
+                                                  base_image_seq_len=16, max_image_seq_len=256, base_shift=0.5, max_shift=1.15),
+        vae=AutoencoderKL(**vae_config(), shift_factor=0.0),
+        text_encoder=CLIPTextModel(text_encoder_config(tokenizer)),
+        tokenizer=tokenizer,
+        text_encoder_2=t5,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+    ))  # fmt: skip

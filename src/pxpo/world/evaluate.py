@@ -38,7 +38,7 @@ def quality_gate(
     samples_per_prompt: int = 64,
     num_steps: int = 20,
     guidance_scale: float = 5.0,
-    eta: float = 1.0,
+    noise_level: float = 1.0,
     batch_size: int = 16,
     first_seed: int = HELD_OUT_SEED,
 ) -> tuple[dict[str, dict[str, float]], dict[str, torch.Tensor]]:
@@ -54,7 +54,7 @@ def quality_gate(
             seeds = range(first_seed + start, first_seed + min(start + batch_size, samples_per_prompt))
             images.append(
                 sample_trajectories(
-                    pipe, [prompt] * len(seeds), num_steps=num_steps, guidance_scale=guidance_scale, eta=eta,
+                    pipe, [prompt] * len(seeds), num_steps=num_steps, guidance_scale=guidance_scale, noise_level=noise_level,
                     generator=[torch.Generator().manual_seed(s) for s in seeds],
                 ).images
             )

@@ -22,17 +22,25 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from diffusers.training_utils import EMAModel
+from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
 from tqdm.auto import tqdm
 from transformers import CLIPTextModel, SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
 from pxpo.io import atomic_directory
-from pxpo.world.architecture import build_tokenizer, scheduler_config, text_encoder_config, unet_config, vae_config
+from pxpo.world.architecture import (
+    build_tiny_sd3_pipeline,
+    build_tokenizer,
+    scheduler_config,
+    text_encoder_config,
+    unet_config,
+    vae_config,
+)
 from pxpo.world.scenes import CLASSES, ID2LABEL, LABEL2ID, render_dataset
 
 logger = logging.getLogger(__name__)
 
 HELD_OUT_SEED = 10_000_000  # renders from this seed on are never trained on
+BUNDLED_VAE = Path(__file__).parent / "weights" / "pxpo-tiny" / "vae"
 
 
 @dataclass
@@ -49,6 +57,9 @@ class PretrainSettings:
     unet_lr: float = 1e-3
     caption_dropout: float = 0.1
     ema_decay: float = 0.999
+    flow_steps: int = 5_000  # the SD3-class pxpo-tiny-flow (its VAE is pxpo-tiny's)
+    flow_batch: int = 32
+    flow_lr: float = 1e-3
     seg_steps: int = 1_500
     seg_batch: int = 32
     seg_lr: float = 2e-3
@@ -159,6 +170,65 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, captions: li
     return unet.eval(), text_encoder.eval(), tokenizer, stats
 
 
+def train_flow(vae: AutoencoderKL, images: torch.Tensor, captions: list[str], s: PretrainSettings, progress: bool = True):
+    """Train the tiny SD3-class pipeline (transformer and both CLIP encoders) with the rectified-flow loss.
+
+    The VAE is frozen and given a ``shift_factor`` (the latents' mean) and a ``scaling_factor`` (1 / their std),
+    as SD3's VAE has. Timesteps are drawn logit-normal as in SD3 (diffusers' training utilities); the model
+    predicts the velocity ``noise - x0`` at ``x_sigma = (1 - sigma) x0 + sigma noise``. Prompts are encoded
+    with the pipeline's own ``encode_prompt`` (no T5: no T5 tokens), so sampling sees the same embeddings.
+    Returns the pipeline (EMA weights) and statistics.
+    """
+    with torch.no_grad():
+        posteriors = [vae.encode(images[i : i + 256]).latent_dist for i in range(0, len(images), 256)]
+    raw, stds = torch.cat([p.mean for p in posteriors]), torch.cat([p.std for p in posteriors])
+    shift = float(raw.mean())
+    scale = float(1 / (raw - shift).std())
+    vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+    torch.manual_seed(s.seed + 5)
+    pipe = build_tiny_sd3_pipeline(seed=s.seed + 5, vae=vae)
+    transformer, encoders = pipe.transformer, [pipe.text_encoder, pipe.text_encoder_2]
+    ema = EMAModel(transformer.parameters(), decay=s.ema_decay)
+    params = list(transformer.parameters()) + [p for e in encoders for p in e.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=s.flow_lr, weight_decay=1e-4)
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda i: _cosine(i, s.flow_steps))
+    noise_scheduler = pipe.scheduler
+    gen = torch.Generator().manual_seed(s.seed + 6)
+    batches = _batches(len(raw), s.flow_batch, gen)
+    losses = []
+    for e in encoders:
+        e.train()
+    transformer.train()
+    for step in tqdm(range(s.flow_steps), desc="flow transformer", disable=not progress):
+        idx = next(batches)
+        x0 = (raw[idx] + stds[idx] * torch.randn(raw[idx].shape, generator=gen) - shift) * scale
+        drop = (torch.rand(len(idx), generator=gen) < s.caption_dropout).tolist()
+        prompts = ["" if d else captions[i] for d, i in zip(drop, idx.tolist())]
+        embeds, _, pooled, _ = pipe.encode_prompt(prompts, None, None, device="cpu", do_classifier_free_guidance=False, max_sequence_length=0)
+        u = compute_density_for_timestep_sampling("logit_normal", len(idx), logit_mean=0.0, logit_std=1.0, generator=gen)
+        indices = (u * noise_scheduler.config.num_train_timesteps).long()
+        timesteps = noise_scheduler.timesteps[indices]
+        sigmas = noise_scheduler.sigmas[indices].reshape(-1, 1, 1, 1)
+        noise = torch.randn(x0.shape, generator=gen)
+        noisy = (1 - sigmas) * x0 + sigmas * noise
+        pred = transformer(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False)[0]
+        loss = F.mse_loss(pred, noise - x0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        lr_schedule.step()
+        ema.step(transformer.parameters())
+        losses.append(loss.item())
+        if progress and step % 1000 == 999:
+            logger.info("flow step %d: loss %.4f", step + 1, np.mean(losses[-1000:]))
+    ema.copy_to(transformer.parameters())
+    for module in (transformer, *encoders):
+        module.eval()
+    stats = {"flow_loss_first_500": float(np.mean(losses[:500])), "flow_loss_last_500": float(np.mean(losses[-500:]))}
+    return pipe, stats
+
+
 def segmenter_config() -> SegformerConfig:
     """A tiny SegFormer: 4 stages of widths 16-128, stride 2 per stage (logits at half resolution)."""
     return SegformerConfig(
@@ -234,7 +304,7 @@ def save_segmenter(model, processor, folder: Path) -> None:
         processor.save_pretrained(tmp)
 
 
-def pretrain(out: Path, settings: PretrainSettings, parts: tuple[str, ...] = ("t2i", "segmenter"), progress: bool = True) -> dict:
+def pretrain(out: Path, settings: PretrainSettings, parts: tuple[str, ...] = ("t2i", "flow", "segmenter"), progress: bool = True) -> dict:
     """Render the world, train the requested parts, save them under ``out``; return the statistics."""
     stats: dict = {}
     start = time.perf_counter()
@@ -250,6 +320,15 @@ def pretrain(out: Path, settings: PretrainSettings, parts: tuple[str, ...] = ("t
         unet, text_encoder, tokenizer, unet_stats = train_unet(mean, std, captions, settings, progress)
         stats.update(unet_stats, unet_seconds=time.perf_counter() - t1)
         save_pipeline(vae, unet, text_encoder, tokenizer, out / "pxpo-tiny")
+    if "flow" in parts:
+        t3 = time.perf_counter()
+        if "t2i" not in parts:  # the flow model reuses pxpo-tiny's VAE: the one in ``out``, else the bundled one
+            source = out / "pxpo-tiny" / "vae"
+            vae = AutoencoderKL.from_pretrained(source if source.is_dir() else BUNDLED_VAE).eval()
+        flow_pipe, flow_stats = train_flow(vae, to_unit_range(images), captions, settings, progress)
+        stats.update(flow_stats, flow_seconds=time.perf_counter() - t3)
+        with atomic_directory(out / "pxpo-tiny-flow") as tmp:
+            flow_pipe.save_pretrained(tmp, safe_serialization=True)
     if "segmenter" in parts:
         t2 = time.perf_counter()
         model, processor, seg_stats = train_segmenter(images, labels, settings, progress)
