@@ -159,3 +159,30 @@ def test_batching_timesteps_leaves_the_gradient_unchanged(make_config, algorithm
                 torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-7)
         for key in ("loss", "approx_kl", "clipfrac"):
             assert stats[key] == pytest.approx(reference_stats[key], rel=1e-4, abs=1e-6), key  # means of O(1) advantages: float32 rounding
+
+
+def test_cli_output_piped_to_a_file_has_plain_lines_and_no_bar_frames(tmp_path):
+    import subprocess
+    import sys
+
+    config = tmp_path / "quick.toml"
+    config.write_text(
+        '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\n'
+        f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 2\noutput_dir = "{tmp_path / "runs"}"\nname = "piped"\n'
+    )
+    log = tmp_path / "log.txt"
+    with log.open("w") as file:  # progress bars on, but the output is a file
+        done = subprocess.run([sys.executable, "-m", "pxpo.cli", "train", str(config)], stdout=file, stderr=subprocess.STDOUT, timeout=600)
+    text = out = log.read_text()
+    assert done.returncode == 0, text[-2000:]
+    assert "\r" not in text and "\x1b[" not in text, text[:500]
+    assert "epoch 1 {" in text and "epoch 2 {" in text
+    assert "run folder:" in out and "reward_curve.png" in out and "evolution.png" in out
+    assert "requires torchvision" not in text
+
+
+def test_eta_above_one_is_refused_before_any_work(make_config):
+    from pxpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"sample.eta: Input should be less than or equal to 1 \(got 1.5\)"):
+        make_config(sample={"eta": 1.5})

@@ -13,4 +13,8 @@ The data flow, module by module:
 
 __version__ = "0.1.0"
 
+from pxpo import quiet as _quiet  # noqa: E402
+
+_quiet.install()  # before transformers is imported: its import-time notices are filtered
+
 from pxpo import world as _world  # noqa: E402,F401  (registers the bundled models with pxpo.models)

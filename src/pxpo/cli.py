@@ -28,7 +28,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pxpo", description="Fine-tune text-to-image diffusion models with pixel-wise feedback (PXPO) or DDPO."
     )
+    from pxpo import __version__
+
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    parser.add_argument("--version", action="version", version=f"pxpo {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -150,6 +153,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"run folder: {trainer.run.path}")
     if "eval_reward_mean" in last:
         print(f"eval reward: {metrics[0]['eval_reward_mean']:.4f} (epoch 0) -> {last['eval_reward_mean']:.4f} (epoch {last['epoch']})")
+    print(f"figures: {trainer.run.reward_curve}, {trainer.run.evolution}")
+    weights = trainer.run.lora if config.model.lora else trainer.run.denoiser(trainer.family.denoiser_name)
+    print(f"weights: {weights}  (pxpo sample {trainer.run.path} --prompt ...)")
     return 0
 
 
@@ -220,8 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    from pxpo.progress import log_above_bars
+
     try:
-        return COMMANDS[args.command](args)
+        with log_above_bars():
+            return COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as error:  # ConfigError and RewardError are ValueErrors
         if args.verbose:
             raise

@@ -16,6 +16,7 @@ import torch
 from diffusers import DiffusionPipeline
 
 from pxpo.families import family_for
+from pxpo.quiet import disable_loading_bars
 
 PipelineSource = Path | Callable[[], DiffusionPipeline]
 
@@ -79,6 +80,7 @@ def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32) -
     safety checker is loaded.
     """
     check_model_reference(name_or_path)
+    disable_loading_bars()
     source = _PIPELINES.get(name_or_path)
     if callable(source):
         pipe = source()
@@ -109,6 +111,7 @@ def load_segmenter(name_or_path: str = DEFAULT_SEGMENTER):
     from transformers import AutoImageProcessor, AutoModelForSemanticSegmentation
 
     check_model_reference(name_or_path, _SEGMENTERS)
+    disable_loading_bars()
     source, what = _resolve(name_or_path, _SEGMENTERS)
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(source)

@@ -36,7 +36,7 @@ def plot_reward_curve(metrics: Sequence[dict], path: str | Path, title: str = ""
         ax.plot([m["epoch"] for m in evals], [m["eval_reward_mean"] for m in evals], marker="s", label="fixed eval seeds")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean pixel reward")
-    ax.set_title(title)
+    ax.set_title(title, parse_math=False)  # prompts are plain text: "$5 taxi" is not TeX
     ax.grid(alpha=0.3)
     if train or evals:
         ax.legend()
@@ -69,5 +69,5 @@ def plot_image_grid(
             if c == 0:
                 ax.set_ylabel(row_labels[r], fontsize=8)
     if title:
-        fig.suptitle(title, fontsize=9)
+        fig.suptitle(title, fontsize=9, parse_math=False)
     _save(fig, Path(path))

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
-from tqdm.auto import tqdm
+
+from pxpo.progress import bar
 
 if TYPE_CHECKING:
     from pxpo.families import ModelFamily
@@ -282,6 +283,7 @@ def sample_trajectories(
     width: int | None = None,
     initial_noise: torch.Tensor | None = None,
     progress: bool = False,
+    desc: str = "sampling",
 ) -> Trajectories:
     """Sample one trajectory per prompt with the model's denoiser as the policy.
 
@@ -300,7 +302,7 @@ def sample_trajectories(
         height, width: image size in pixels (both or neither); defaults to the model's native size.
         initial_noise: the initial latents [B, C, h, w]; drawn from ``generator`` when None (the
             generator then also draws the steps' noise).
-        progress: show a progress bar over the steps.
+        progress: show a progress bar over the steps (on a terminal), labelled ``desc``.
 
     Returns:
         Trajectories with latents [B, T + 1, C, h, w], log_probs [B, T, C, h, w], images [B, 3, H, W].
@@ -313,7 +315,7 @@ def sample_trajectories(
     timesteps = family.set_timesteps(num_steps, latent_shape)
     latents = initial_noise.float() if initial_noise is not None else family.initial_noise(len(prompts), latent_shape, generator)
     all_latents, all_log_probs = [latents], []
-    for t in tqdm(timesteps, desc="sampling", leave=False, disable=not progress):
+    for t in bar(timesteps, desc=desc, enabled=progress):
         model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
         step = family.step(model_output, t, latents, noise_level, generator=generator)
         latents = step.prev_sample

@@ -28,7 +28,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
-from tqdm.auto import tqdm
+from pxpo.progress import bar
 
 from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
 from pxpo.config import Config, ConfigError
@@ -174,7 +174,7 @@ class Trainer:
     def train(self) -> list[dict]:
         """Run the remaining epochs; return all metrics records of the run."""
         self.begin()
-        for epoch in tqdm(range(self.start_epoch, self.config.run.num_epochs + 1), desc="epochs", disable=not self._show_progress):
+        for epoch in bar(range(self.start_epoch, self.config.run.num_epochs + 1), desc="epochs", enabled=self._show_progress, leave=True):
             self.step(epoch)
         self.accelerator.wait_for_everyone()
         return self.run.read_metrics()
@@ -227,13 +227,14 @@ class Trainer:
         if cfg.single_image_seed is not None:  # the same x_T every epoch, fresh noise for the steps
             return self._sample([cfg.prompts[0]], noise_rng, self._single_image_noise())
         parts = []
-        for _ in tqdm(range(cfg.num_batches_per_epoch), desc="sampling", leave=False, disable=not self._show_progress):
+        for b in range(cfg.num_batches_per_epoch):
             # batch_size / group_size prompts, each sampled group_size times in a row (a GRPO group)
             picks = torch.randint(len(cfg.prompts), (cfg.batch_size // cfg.group_size,), generator=prompt_rng)
-            parts.append(self._sample([cfg.prompts[i] for i in picks.repeat_interleave(cfg.group_size).tolist()], noise_rng))
+            prompts = [cfg.prompts[i] for i in picks.repeat_interleave(cfg.group_size).tolist()]
+            parts.append(self._sample(prompts, noise_rng, desc=f"sampling {b + 1}/{cfg.num_batches_per_epoch}"))
         return Trajectories.cat(parts)
 
-    def _sample(self, prompts: list[str], generator, initial_noise: torch.Tensor | None = None) -> Trajectories:
+    def _sample(self, prompts: list[str], generator, initial_noise: torch.Tensor | None = None, desc: str | None = None) -> Trajectories:
         """Trajectories of the current policy with the config's sampler settings."""
         cfg = self.config.sample
         with self.accelerator.autocast():
@@ -247,6 +248,8 @@ class Trainer:
                 height=cfg.height,
                 width=cfg.width,
                 initial_noise=initial_noise,
+                progress=desc is not None and self._show_progress,
+                desc=desc or "sampling",
             )
 
     def _single_image_noise(self) -> torch.Tensor:
@@ -296,8 +299,8 @@ class Trainer:
         totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, **({"kl": 0.0} if cfg.train.kl_coef > 0 else {})}
         grad_norms = []
         self.denoiser.train()
-        bar = tqdm(total=cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(chunks), desc="training", leave=False,
-                   disable=not self._show_progress)  # fmt: skip
+        steps = bar(total=cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(chunks), desc="training",
+                    enabled=self._show_progress)  # fmt: skip
         for _ in range(cfg.train.num_inner_epochs):
             order = torch.randperm(n, generator=rng)
             step_order = torch.stack([torch.randperm(num_steps, generator=rng) for _ in range(n)])  # [n, T]
@@ -318,8 +321,8 @@ class Trainer:
                         self.optimizer.zero_grad(set_to_none=True)
                     for key in totals:
                         totals[key] += getattr(output, key).item() * len(chunk)
-                    bar.update()
-        bar.close()
+                    steps.update()
+        steps.close()
         count = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * cfg.num_train_timesteps
         return {**{k: v / count for k, v in totals.items()}, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
 
@@ -378,7 +381,7 @@ class Trainer:
         device = self.accelerator.device
         generators = [torch.Generator(device=device).manual_seed(s) for s in self.config.eval.seeds]
         self.family.denoiser.eval()
-        return self._sample(eval_prompts(self.config), generators).images
+        return self._sample(eval_prompts(self.config), generators, desc="evaluating").images
 
     @torch.no_grad()
     def single_image_draws(self, num_draws: int, seed: int = 10_000) -> torch.Tensor:

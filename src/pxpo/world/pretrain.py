@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.training_utils import EMAModel, compute_density_for_timestep_sampling
-from tqdm.auto import tqdm
+from pxpo.progress import bar
 from transformers import CLIPTextModel, SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
 from pxpo.io import atomic_directory
@@ -93,7 +93,7 @@ def train_vae(images: torch.Tensor, s: PretrainSettings, progress: bool = True) 
     gen = torch.Generator().manual_seed(s.seed)
     batches = _batches(len(images), s.vae_batch, gen)
     losses = []
-    for _ in tqdm(range(s.vae_steps), desc="vae", disable=not progress):
+    for _ in bar(range(s.vae_steps), desc="vae", enabled=progress, leave=True):
         top, left = torch.randint(0, images.shape[-1] - s.vae_crop + 1, (2,), generator=gen).tolist()
         x = images[next(batches), :, top : top + s.vae_crop, left : left + s.vae_crop]
         posterior = vae.encode(x).latent_dist
@@ -145,7 +145,7 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, captions: li
     gen = torch.Generator().manual_seed(s.seed + 2)
     batches = _batches(len(latent_mean), s.unet_batch, gen)
     losses = []
-    for step in tqdm(range(s.unet_steps), desc="unet", disable=not progress):
+    for step in bar(range(s.unet_steps), desc="unet", enabled=progress, leave=True):
         idx = next(batches)
         x0 = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)
         ids = tokens[idx].clone()
@@ -199,7 +199,7 @@ def train_flow(vae: AutoencoderKL, images: torch.Tensor, captions: list[str], s:
     for e in encoders:
         e.train()
     transformer.train()
-    for step in tqdm(range(s.flow_steps), desc="flow transformer", disable=not progress):
+    for step in bar(range(s.flow_steps), desc="flow transformer", enabled=progress, leave=True):
         idx = next(batches)
         x0 = (raw[idx] + stds[idx] * torch.randn(raw[idx].shape, generator=gen) - shift) * scale
         drop = (torch.rand(len(idx), generator=gen) < s.caption_dropout).tolist()
@@ -268,7 +268,7 @@ def train_segmenter(images: np.ndarray, labels: np.ndarray, s: PretrainSettings,
     batches = _batches(len(pixels), s.seg_batch, torch.Generator().manual_seed(s.seed + 4))
     losses = []
     model.train()
-    for _ in tqdm(range(s.seg_steps), desc="segmenter", disable=not progress):
+    for _ in bar(range(s.seg_steps), desc="segmenter", enabled=progress, leave=True):
         idx = next(batches)
         x, y = pixels[idx], targets[idx]
         if torch.rand(()) < 0.5:  # horizontal flip: the world is left-right symmetric
