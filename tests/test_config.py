@@ -73,8 +73,30 @@ def test_bad_reward_stops_at_the_first_call(make_config, tiny_pipe, reward, mess
     trainer = Trainer(config, reward_fn=reward, pipeline=tiny_pipe, progress=False)
     with pytest.raises(RewardError, match=message) as info:
         trainer.train()
-    assert "'my_reward'" in str(info.value)
+    assert f"'injected:{reward.__module__}.{reward.__qualname__}'" in str(info.value)  # the callable's name, not the config's
     assert trainer.run.read_metrics() == []  # nothing was trained or logged
+
+
+def test_injected_reward_is_recorded_and_a_resume_cannot_change_it(make_config, tmp_path):
+    from pxpo.world.architecture import build_tiny_pipeline
+
+    def first_reward(images, prompts, metadata):
+        return -images[:, 2]
+
+    def second_reward(images, prompts, metadata):
+        return images[:, 0]
+
+    config = make_config(run={"num_epochs": 1, "name": "injected"})
+    trainer = Trainer(config, reward_fn=first_reward, pipeline=build_tiny_pipeline(0), progress=False)
+    trainer.train()
+    saved = load_config(trainer.run.config)
+    assert saved.reward.name == f"injected:{__name__}.test_injected_reward_is_recorded_and_a_resume_cannot_change_it.<locals>.first_reward"
+    with pytest.raises(ConfigError, match="this run was trained with reward 'injected:.*first_reward'; reward_fn is .*second_reward"):
+        Trainer(saved, reward_fn=second_reward, pipeline=build_tiny_pipeline(0), run_dir=trainer.run.path, resume=True, progress=False)
+    with pytest.raises(RewardError, match="was a Python callable passed as Trainer\\(reward_fn=...\\)"):
+        Trainer(saved, pipeline=build_tiny_pipeline(0), run_dir=trainer.run.path, resume=True, progress=False)
+    again = Trainer(saved, reward_fn=first_reward, pipeline=build_tiny_pipeline(0), run_dir=trainer.run.path, resume=True, progress=False)
+    assert again.start_epoch == 2
 
 
 def test_unknown_reward_stops_before_any_work(make_config):
@@ -120,3 +142,22 @@ def test_every_shipped_config_validates_and_fits_its_model_family():
         assert getattr(config.sample, family.noise_setting) > 0
         if family.noise_setting == "noise_level":
             assert config.sample.group_size > 1 and config.advantage.normalization == "group_location", path
+
+
+def test_a_missing_local_folder_is_not_taken_for_a_hub_id(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    with pytest.raises(ConfigError, match="'runs/typo': there is no folder of that name in 'runs'"):
+        validate_config({"model": {"pretrained": "runs/typo"}})
+    assert validate_config({"model": {"pretrained": "org/model"}}).model.pretrained == "org/model"  # a hub id
+
+
+def test_top_level_api():
+    import pxpo
+    from pxpo.trainer import Trainer as TrainerClass
+
+    assert pxpo.Trainer is TrainerClass and pxpo.load_config is load_config
+    for name in pxpo.__all__:
+        assert getattr(pxpo, name) is not None, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        pxpo.nope

@@ -60,3 +60,18 @@ def test_check_heatmaps_names_the_problem():
     bad[1, 3, 3] = float("nan")
     with pytest.raises(RewardError, match=r"1 non-finite values \(e.g. nan\) in images \[1\]"):
         check_heatmaps(bad, images, "r")
+
+
+def test_own_reward_module_in_the_current_folder_is_found(tmp_path, monkeypatch):
+    import sys
+
+    (tmp_path / "myreward_here.py").write_text(
+        "def make(scale=1.0):\n    return lambda images, prompts, metadata: -scale * images[:, 0]\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    reward = load_reward("myreward_here:make", scale=2.0)
+    images = torch.rand(2, 3, 8, 8)
+    torch.testing.assert_close(reward(images, ["a", "b"], [{}, {}]), -2.0 * images[:, 0])
+    with pytest.raises(RewardError, match="cannot import module 'not_here_either'"):
+        load_reward("not_here_either:make")

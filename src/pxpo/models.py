@@ -50,6 +50,9 @@ def check_model_reference(name_or_path: str, registry: dict[str, object] | None 
     if name_or_path in names or Path(name_or_path).expanduser().is_dir():
         return name_or_path
     looks_like_path = name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path
+    parent = Path(name_or_path).expanduser().parent
+    if _HUB_ID.match(name_or_path) and parent.is_dir():  # "runs/typo": a folder here, not a hub organisation
+        raise ValueError(f"{name_or_path!r}: there is no folder of that name in {str(parent)!r} (and it is not a registered model)")
     if looks_like_path or not _HUB_ID.match(name_or_path):
         raise ValueError(
             f"{name_or_path!r} is not an existing folder, a hub id (org/name) nor a registered model ({', '.join(sorted(names))})"

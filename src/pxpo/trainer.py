@@ -31,7 +31,7 @@ from diffusers.training_utils import cast_training_params
 from pxpo.progress import bar
 
 from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
-from pxpo.config import Config, ConfigError
+from pxpo.config import Config, ConfigError, RewardConfig
 from pxpo.families import family_for
 from pxpo.io import atomic_directory, atomic_write_text
 from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
@@ -44,11 +44,18 @@ from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_t
 logger = logging.getLogger(__name__)
 
 _PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3}
+INJECTED_PREFIX = "injected:"
 
 
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
     """A seed for one purpose of one epoch on one process, independent of everything before it."""
     return int(np.random.SeedSequence([seed, epoch, _PURPOSES[purpose], process]).generate_state(1)[0])
+
+
+def injected_reward_name(reward_fn) -> str:
+    """How a reward passed as ``Trainer(reward_fn=...)`` is recorded in the run's config: ``injected:module.qualname``."""
+    kind = reward_fn if callable(reward_fn) and hasattr(reward_fn, "__qualname__") else type(reward_fn)
+    return f"{INJECTED_PREFIX}{getattr(kind, '__module__', '?')}.{kind.__qualname__}"
 
 
 @dataclass
@@ -85,6 +92,11 @@ class Trainer:
         progress: bool = True,
         config_name: str = "run",
     ) -> None:
+        if reward_fn is not None:  # recorded as what it is, so that a resume cannot silently train on another reward
+            name = injected_reward_name(reward_fn)
+            if resume and config.reward.name != name:
+                raise ConfigError(f"this run was trained with reward {config.reward.name!r}; reward_fn is {name!r}: resume with the same reward")
+            config = config.model_copy(update={"reward": RewardConfig(name=name)}, deep=True)
         self.config = config
         self.progress = progress
         self.reward_name = config.reward.name

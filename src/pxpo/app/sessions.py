@@ -180,7 +180,12 @@ class SessionManager:
         if (folder / "config.toml").is_file():
             from pxpo.config import load_config
 
-            trainer = Trainer(load_config(folder / "config.toml"), reward_fn=feedback, run_dir=folder, resume=True, progress=False)
+            from pxpo.trainer import injected_reward_name
+
+            config = load_config(folder / "config.toml")
+            if config.reward.name == "painted":  # sessions written before injected rewards were recorded by their name
+                config.reward.name = injected_reward_name(feedback)
+            trainer = Trainer(config, reward_fn=feedback, run_dir=folder, resume=True, progress=False)
         else:
             if not prompt or not prompt.strip():
                 raise SessionError("a new session needs a prompt")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib
+import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -41,17 +43,38 @@ def available() -> list[str]:
 def _find_factory(name: str) -> Callable[..., RewardFn]:
     if name in _REGISTRY:
         return _REGISTRY[name]
+    if name.startswith("injected:"):
+        raise RewardError(
+            f"reward {name!r} was a Python callable passed as Trainer(reward_fn=...): it cannot be rebuilt from the config; "
+            "resume this run from Python with the same reward_fn"
+        )
     if ":" not in name:
         raise RewardError(f"reward {name!r}: not a registered reward ({', '.join(available())}) nor a 'module:factory' path")
     module_name, _, attr = name.partition(":")
     try:
-        module = importlib.import_module(module_name)
+        module = _import_from_here_or_path(module_name)
     except ImportError as error:
         raise RewardError(f"reward {name!r}: cannot import module {module_name!r} ({error})") from error
     factory = getattr(module, attr, None)
     if not callable(factory):
         raise RewardError(f"reward {name!r}: module {module_name!r} has no callable {attr!r}")
     return factory
+
+
+def _import_from_here_or_path(module_name: str):
+    """Import ``module_name``; a module in the current folder is found too (as ``python -m`` would find it)."""
+    try:
+        return importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        top = module_name.split(".")[0]
+        here = Path.cwd()
+        if error.name != top or not ((here / f"{top}.py").is_file() or (here / top / "__init__.py").is_file()):
+            raise
+    sys.path.insert(0, str(here))
+    try:
+        return importlib.import_module(module_name)
+    finally:
+        sys.path.remove(str(here))
 
 
 def load_reward(name: str, **kwargs: Any) -> RewardFn:
