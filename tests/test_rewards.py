@@ -75,3 +75,50 @@ def test_own_reward_module_in_the_current_folder_is_found(tmp_path, monkeypatch)
     torch.testing.assert_close(reward(images, ["a", "b"], [{}, {}]), -2.0 * images[:, 0])
     with pytest.raises(RewardError, match="cannot import module 'not_here_either'"):
         load_reward("not_here_either:make")
+
+
+def test_weighted_reward_is_the_weighted_sum_and_keeps_each_term():
+    from pxpo.rewards import weighted_reward
+
+    reward = weighted_reward([{"name": "blue_penalty", "weight": 2.0}, {"name": "colour_channel", "weight": -0.5,
+                              "kwargs": {"channel": "red", "sign": 1.0}, "label": "red"}])  # fmt: skip
+    images = torch.rand(3, 3, 8, 8)
+    torch.testing.assert_close(reward(images, ["p"] * 3, [{}] * 3), 2.0 * -images[:, 2] - 0.5 * images[:, 0])
+    assert set(reward.last_terms) == {"blue_penalty", "red"}
+    torch.testing.assert_close(reward.last_terms["red"], images[:, 0].mean(dim=(1, 2)))
+    assert reward.name == "2 * blue_penalty + -0.5 * red"
+
+
+def test_weighted_rewards_train_exactly_as_their_weighted_map(make_config):
+    """Two rewards with weights give the same update as one reward returning the weighted map."""
+    from pxpo.models import trainable_state_dict
+    from pxpo.trainer import Trainer
+    from pxpo.world.architecture import build_tiny_pipeline
+
+    terms = [{"name": "blue_penalty", "weight": 1.0}, {"name": "jpeg_compressibility", "weight": 0.05}]
+    weighted = Trainer(make_config(reward={"terms": terms}, run={"num_epochs": 1, "name": "terms"}),
+                       pipeline=build_tiny_pipeline(0), progress=False)  # fmt: skip
+    metrics = weighted.train()
+    assert {"reward_term_blue_penalty", "reward_term_jpeg_compressibility"} <= set(metrics[1])
+    blue, jpeg = load_reward("blue_penalty"), load_reward("jpeg_compressibility")
+
+    def by_hand(images, prompts, metadata):
+        return blue(images, prompts, metadata) + 0.05 * jpeg(images, prompts, metadata)
+
+    single = Trainer(make_config(run={"num_epochs": 1, "name": "by_hand"}), reward_fn=by_hand, pipeline=build_tiny_pipeline(0),
+                     progress=False)  # fmt: skip
+    single.train()
+    a, b = trainable_state_dict(weighted.denoiser), trainable_state_dict(single.denoiser)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-7)
+
+
+def test_reward_terms_and_a_reward_name_together_are_refused():
+    from pxpo.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match="give either reward.name \\(and kwargs\\) or reward.terms"):
+        validate_config({"reward": {"name": "blue_penalty", "terms": [{"name": "blue_penalty"}]}})
+    config = validate_config({"reward": {"terms": [{"name": "blue_penalty", "weight": 0.5}]}})
+    import tomllib
+
+    assert validate_config(tomllib.loads(config.to_toml())).reward.terms[0].weight == 0.5  # a saved run reloads

@@ -186,3 +186,13 @@ def test_eta_above_one_is_refused_before_any_work(make_config):
 
     with pytest.raises(ConfigError, match=r"sample.eta: Input should be less than or equal to 1 \(got 1.5\)"):
         make_config(sample={"eta": 1.5})
+
+
+def test_injected_pipeline_gets_the_same_sampler_set_up_as_a_loaded_one(make_config):
+    from diffusers import DDIMScheduler, PNDMScheduler
+
+    pipe = build_tiny_pipeline(seed=0)
+    pipe.scheduler = PNDMScheduler.from_config({**pipe.scheduler.config, "set_alpha_to_one": True})  # as SD v1.4 ships
+    trainer = Trainer(make_config(run={"num_epochs": 1}), pipeline=pipe, progress=False)
+    assert isinstance(trainer.pipe.scheduler, DDIMScheduler) and not trainer.pipe.scheduler.config.set_alpha_to_one
+    assert [m["epoch"] for m in trainer.train()] == [0, 1]

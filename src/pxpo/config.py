@@ -138,9 +138,27 @@ class AdvantageConfig(_Section):
     per_prompt_min_count: int = Field(16, gt=0, description="Images a prompt needs before its own statistics replace the batch's.")
 
 
+class RewardTerm(_Section):
+    name: str = Field(description="A registered reward or 'module:factory'.")
+    weight: float = Field(1.0, allow_inf_nan=False, description="Its weight in the sum.")
+    kwargs: dict[str, Any] = Field({}, description="Keyword arguments for its factory.")
+    label: str | None = Field(None, description="The name it is logged under (default: its name).")
+
+
 class RewardConfig(_Section):
     name: str = Field("blue_penalty", description="A registered reward (pxpo.rewards.available()) or 'module:factory'.")
     kwargs: dict[str, Any] = Field({}, description="Keyword arguments for the reward's factory.")
+    terms: list[RewardTerm] = Field(
+        [],
+        description="Several rewards ([[reward.terms]] tables: name, weight, kwargs, label): the weighted sum of their "
+        "heatmaps (a scalar reward counts as its constant map), each term logged as reward_term_<label>. Replaces name and kwargs.",
+    )
+
+    @model_validator(mode="after")
+    def _either(self) -> RewardConfig:
+        if self.terms and {"name", "kwargs"} & self.model_fields_set:
+            raise ValueError("give either reward.name (and kwargs) or reward.terms, not both")
+        return self
 
 
 class EvalConfig(_Section):
@@ -233,7 +251,8 @@ class Config(_Section):
         return max(1, math.floor(self.sample.num_steps * self.train.timestep_fraction))
 
     def to_toml(self) -> str:
-        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True))
+        unused = {"reward": {"name", "kwargs"}} if self.reward.terms else None  # terms replace them
+        return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True, exclude=unused))
 
 
 def _format_errors(error: ValidationError) -> str:

@@ -22,7 +22,7 @@ def _save(fig: plt.Figure, path: Path) -> None:
 
 
 def plot_reward_curve(metrics: Sequence[dict], path: str | Path, title: str = "") -> None:
-    """Training reward (mean +- std over images) and evaluation reward against epoch."""
+    """Training reward (mean +- std over images), evaluation reward and each reward term against epoch."""
     train = [m for m in metrics if "reward_mean" in m]
     evals = [m for m in metrics if "eval_reward_mean" in m]
     fig, ax = plt.subplots(figsize=(6, 3.6))
@@ -34,6 +34,9 @@ def plot_reward_curve(metrics: Sequence[dict], path: str | Path, title: str = ""
         ax.fill_between(x, mean - std, mean + std, alpha=0.2)
     if evals:
         ax.plot([m["epoch"] for m in evals], [m["eval_reward_mean"] for m in evals], marker="s", label="fixed eval seeds")
+    for term in sorted({k for m in train for k in m if k.startswith("reward_term_")}):  # several rewards: each term
+        points = [(m["epoch"], m[term]) for m in train if term in m]
+        ax.plot(*zip(*points), linestyle="--", linewidth=1, label=f"term {term.removeprefix('reward_term_')} (unweighted)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("mean pixel reward")
     ax.set_title(title, parse_math=False)  # prompts are plain text: "$5 taxi" is not TeX

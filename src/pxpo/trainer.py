@@ -37,7 +37,7 @@ from pxpo.io import atomic_directory, atomic_write_text
 from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
 from pxpo.models import load_pipeline, load_trainable_state_dict, trainable_state_dict
 from pxpo.reporting import Reporter, eval_prompts
-from pxpo.rewards import RewardFn, check_heatmaps, load_reward
+from pxpo.rewards import RewardFn, WeightedReward, check_heatmaps, load_reward, weighted_reward
 from pxpo.run_folder import RunFolder
 from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_trajectories
 
@@ -50,6 +50,13 @@ INJECTED_PREFIX = "injected:"
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
     """A seed for one purpose of one epoch on one process, independent of everything before it."""
     return int(np.random.SeedSequence([seed, epoch, _PURPOSES[purpose], process]).generate_state(1)[0])
+
+
+def build_reward(config: RewardConfig) -> RewardFn:
+    """The reward the config names: one registered or module reward, or the weighted sum of ``terms``."""
+    if config.terms:
+        return weighted_reward([term.model_dump() for term in config.terms])
+    return load_reward(config.name, **config.kwargs)
 
 
 def injected_reward_name(reward_fn) -> str:
@@ -99,8 +106,8 @@ class Trainer:
             config = config.model_copy(update={"reward": RewardConfig(name=name)}, deep=True)
         self.config = config
         self.progress = progress
-        self.reward_name = config.reward.name
-        self.reward_fn = reward_fn or load_reward(config.reward.name, **config.reward.kwargs)
+        self.reward_fn = reward_fn or build_reward(config.reward)
+        self.reward_name = self.reward_fn.name if isinstance(self.reward_fn, WeightedReward) else config.reward.name
         if config.model.mixed_precision != "no" and not torch.cuda.is_available():
             raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")
         self.accelerator = Accelerator(
@@ -210,6 +217,7 @@ class Trainer:
         trajectories = self.sample(epoch)
         sampled = time.perf_counter()
         heatmaps = self.reward(trajectories.images, trajectories.prompts, [{"prompt": p, "epoch": epoch} for p in trajectories.prompts])
+        terms = self.reward_terms()
         rewarded = time.perf_counter()
         batch = Batch(trajectories, heatmaps, self.advantages(heatmaps, trajectories.prompts))
         stats = self.update(batch, epoch)
@@ -220,6 +228,7 @@ class Trainer:
             "epoch": epoch,
             "reward_mean": image_rewards.mean().item(),
             "reward_std": image_rewards.std(unbiased=False).item(),
+            **{f"reward_term_{name}": value for name, value in terms.items()},
             **stats,
             "sample_seconds": sampled - start,
             "reward_seconds": rewarded - sampled,
@@ -275,6 +284,12 @@ class Trainer:
         """Pixel rewards [B, H, W] for images [B, 3, H, W], checked for shape and finiteness."""
         heatmaps = self.reward_fn(images, list(prompts), list(metadata))
         return check_heatmaps(heatmaps, images, self.reward_name).to(images.device)
+
+    def reward_terms(self) -> dict[str, float]:
+        """Each term's mean reward over all processes' images of the last reward call (several rewards only)."""
+        if not isinstance(self.reward_fn, WeightedReward):
+            return {}
+        return {name: self.accelerator.gather(values).mean().item() for name, values in self.reward_fn.last_terms.items()}
 
     # advantage -------------------------------------------------------------------------------------
     def advantages(self, heatmaps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:

@@ -15,6 +15,7 @@ from pxpo.rewards.colour import colour_channel
 from pxpo.rewards.scalar import jpeg_compressibility, jpeg_incompressibility, scalar_as_heatmap
 from pxpo.rewards.segmentation import class_probabilities, segmentation
 from pxpo.rewards.human import PaintedFeedback, folder_feedback, simulated_annotator
+from pxpo.rewards.weighted import WeightedReward, weighted_reward
 
 __all__ = [
     "PaintedFeedback",
@@ -32,4 +33,6 @@ __all__ = [
     "scalar_as_heatmap",
     "segmentation",
     "simulated_annotator",
+    "WeightedReward",
+    "weighted_reward",
 ]

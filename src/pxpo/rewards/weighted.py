@@ -1,0 +1,55 @@
+"""Several rewards in one run: the weighted sum of their heatmaps, each term kept for logging."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from pxpo.rewards.registry import RewardFn, check_heatmaps, load_reward
+
+
+@dataclass
+class Term:
+    """One reward of a weighted sum: a built reward, its weight and the name it is logged under."""
+
+    name: str
+    weight: float
+    fn: RewardFn
+
+
+class WeightedReward:
+    """``fn(images, prompts, metadata) = sum_i weight_i * reward_i(images, prompts, metadata)``, maps [B, H, W].
+
+    A scalar reward takes part as its constant map (the registered scalar rewards return one; wrap your
+    own with ``pxpo.rewards.scalar_as_heatmap``). After each call, ``last_terms`` holds each term's
+    unweighted pixel mean per image ([B] tensors, by name), for logging.
+    """
+
+    def __init__(self, terms: Sequence[Term]) -> None:
+        if not terms:
+            raise ValueError("a weighted reward needs at least one term")
+        names = [t.name for t in terms]
+        if len(set(names)) != len(names):
+            raise ValueError(f"reward terms {names}: each term needs its own name (set 'label' to tell two apart)")
+        self.terms = list(terms)
+        self.last_terms: dict[str, torch.Tensor] = {}
+
+    @property
+    def name(self) -> str:
+        return " + ".join(f"{t.weight:g} * {t.name}" for t in self.terms)
+
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        total, self.last_terms = None, {}
+        for term in self.terms:
+            heatmap = check_heatmaps(term.fn(images, prompts, metadata), images, term.name)
+            self.last_terms[term.name] = heatmap.mean(dim=(1, 2))
+            total = term.weight * heatmap if total is None else total + term.weight * heatmap
+        return total
+
+
+def weighted_reward(terms: Sequence[dict]) -> WeightedReward:
+    """Build a WeightedReward from config terms: ``{"name": ..., "weight": ..., "kwargs": {...}, "label": ...}``."""
+    built = [Term(t.get("label") or t["name"], float(t.get("weight", 1.0)), load_reward(t["name"], **t.get("kwargs", {}))) for t in terms]
+    return WeightedReward(built)
