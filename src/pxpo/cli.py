@@ -80,6 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
                      help="denoising steps trained per UNet call in new sessions: same result, faster, more memory "
                      "(default: 1; on a CPU with the bundled model, 20)")
 
+    serve = commands.add_parser(
+        "serve-reward",
+        help="serve a heatmap reward over HTTP, for `reward.name = \"http\"` runs",
+        description="Serve a registered reward or your own 'module:factory' with pxpo's reward protocol (docs/reward_protocol.md): "
+        "POST /v1/reward takes images and returns heatmaps, so that a heavy reward model runs in its own process or on its own GPU.",
+        epilog="examples:\n  pxpo serve-reward segmentation --port 8100 --set 'classes={hair = -1.0}'\n"
+        "  pxpo serve-reward myreward:make --port 8101        # myreward.py in the current folder",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    serve.add_argument("reward", metavar="NAME_OR_MODULE", help="a registered reward (e.g. segmentation) or module:factory")
+    serve.add_argument("--set", dest="kwargs", action="append", default=[], metavar="KEY=VALUE", help="a keyword argument of the reward's factory; VALUE is read as TOML (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    serve.add_argument("--port", type=int, default=8100, help="port (default: 8100)")
+
     pretrain = commands.add_parser(
         "pretrain",
         help="re-train the bundled tiny models on the procedural world",
@@ -118,6 +132,23 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     stats = pretrain(out, settings, parts)
     atomic_write_json(out / f"pretrain_stats_{'_'.join(parts)}.json", {"settings": dataclasses.asdict(settings), **stats})
     print(json.dumps(stats, indent=2))
+    return 0
+
+
+def cmd_serve_reward(args: argparse.Namespace) -> int:
+    from pxpo.config import parse_override
+    from pxpo.rewards import load_reward
+    from pxpo.rewards.remote import serve_reward
+
+    kwargs = {}
+    for text in args.kwargs:
+        (key, *rest), value = parse_override(text)
+        if rest:
+            raise ValueError(f"--set {text!r}: expected KEY=VALUE with a plain key")
+        kwargs[key] = value
+    load_reward(args.reward, **kwargs)  # fails here, in one line, if the reward cannot be built
+    print(f"pxpo serve-reward: {args.reward} on http://{args.host}:{args.port}/v1/reward")
+    serve_reward(args.reward, kwargs, host=args.host, port=args.port)
     return 0
 
 
@@ -219,7 +250,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "pretrain": cmd_pretrain, "app": cmd_app}
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "pretrain": cmd_pretrain, "app": cmd_app, "serve-reward": cmd_serve_reward}
 
 
 def main(argv: list[str] | None = None) -> int:

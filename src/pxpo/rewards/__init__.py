@@ -16,6 +16,7 @@ from pxpo.rewards.scalar import jpeg_compressibility, jpeg_incompressibility, sc
 from pxpo.rewards.segmentation import class_probabilities, segmentation
 from pxpo.rewards.human import PaintedFeedback, folder_feedback, simulated_annotator
 from pxpo.rewards.weighted import WeightedReward, weighted_reward
+from pxpo.rewards.remote import http_reward
 
 __all__ = [
     "PaintedFeedback",
@@ -34,5 +35,6 @@ __all__ = [
     "segmentation",
     "simulated_annotator",
     "WeightedReward",
+    "http_reward",
     "weighted_reward",
 ]
