@@ -196,3 +196,32 @@ def test_injected_pipeline_gets_the_same_sampler_set_up_as_a_loaded_one(make_con
     trainer = Trainer(make_config(run={"num_epochs": 1}), pipeline=pipe, progress=False)
     assert isinstance(trainer.pipe.scheduler, DDIMScheduler) and not trainer.pipe.scheduler.config.set_alpha_to_one
     assert [m["epoch"] for m in trainer.train()] == [0, 1]
+
+
+def test_tensorboard_gets_every_metric_and_the_evaluation_images(make_config):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    config = make_config(run={"num_epochs": 2, "log_with": ["tensorboard"]}, sample={"num_steps": 3, "batch_size": 2},
+                         train={"batch_size": 2})  # fmt: skip
+    trainer = Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)
+    metrics = trainer.train()
+    (events_dir,) = (trainer.run.path / "trackers").iterdir()
+    events = EventAccumulator(str(events_dir), size_guidance={"images": 0, "scalars": 0})
+    events.Reload()
+    scalars = set(events.Tags()["scalars"])
+    assert {"reward_mean", "eval_reward_mean", "loss", "approx_kl", "clipfrac", "train_seconds"} <= scalars
+    assert [e.step for e in events.Scalars("eval_reward_mean")] == [0, 1, 2]
+    logged = [e.value for e in events.Scalars("reward_mean")]
+    assert logged == pytest.approx([m["reward_mean"] for m in metrics[1:]], rel=1e-6)
+    assert sorted({e.step for e in events.Images("eval_images")}) == [0, 1, 2]
+
+
+def test_a_tracker_whose_package_is_missing_is_named_before_any_work(make_config, monkeypatch):
+    import importlib.util
+
+    from pxpo.config import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "wandb" else real(name, *a))
+    with pytest.raises(ConfigError, match="'wandb' needs its package: pip install wandb"):
+        Trainer(make_config(run={"log_with": ["wandb"]}), pipeline=build_tiny_pipeline(0), progress=False)

@@ -176,6 +176,11 @@ class RunConfig(_Section):
     seed: int = Field(0, ge=0, description="Seed of all randomness (LoRA initialisation, sampling noise, prompt draws, shuffling).")
     checkpoint_every: int = Field(5, gt=0, description="Write a checkpoint every this many epochs (and after the last).")
     keep_checkpoints: int = Field(2, gt=0, description="How many recent checkpoints to keep.")
+    log_with: list[Literal["tensorboard", "wandb", "comet_ml", "mlflow", "aim", "clearml", "dvclive"]] = Field(
+        [],
+        description="Experiment trackers (accelerate's) that get every metric and the evaluation images each epoch; "
+        "files go to RUN/trackers/. Each needs its package (pip install tensorboard / wandb ...).",
+    )
 
 
 class Config(_Section):

@@ -15,6 +15,8 @@ accumulation.
 
 from __future__ import annotations
 
+import contextlib
+import importlib.util
 import logging
 import time
 from collections.abc import Sequence
@@ -38,7 +40,7 @@ from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
 from pxpo.models import load_pipeline, load_trainable_state_dict, trainable_state_dict
 from pxpo.reporting import Reporter, eval_prompts
 from pxpo.rewards import RewardFn, WeightedReward, check_heatmaps, load_reward, weighted_reward
-from pxpo.run_folder import RunFolder
+from pxpo.run_folder import RunFolder, to_pil
 from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_trajectories
 
 logger = logging.getLogger(__name__)
@@ -50,6 +52,24 @@ INJECTED_PREFIX = "injected:"
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
     """A seed for one purpose of one epoch on one process, independent of everything before it."""
     return int(np.random.SeedSequence([seed, epoch, _PURPOSES[purpose], process]).generate_state(1)[0])
+
+
+def check_trackers(names: Sequence[str]) -> None:
+    """Each tracker's package must be importable: say which to install before any work."""
+    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow", "aim": "aim",
+                "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
+    for name in names:
+        if importlib.util.find_spec(packages[name]) is None:
+            raise ConfigError(f"run.log_with = {list(names)}: {name!r} needs its package: pip install {packages[name]}")
+
+
+def flat_config(config: Config) -> dict[str, int | float | str | bool]:
+    """The config as flat ``section.key`` values (lists and tables as TOML-ish text), for trackers' hyperparameters."""
+    flat = {}
+    for section, values in config.model_dump(mode="json").items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
 
 
 def build_reward(config: RewardConfig) -> RewardFn:
@@ -110,11 +130,14 @@ class Trainer:
         self.reward_name = self.reward_fn.name if isinstance(self.reward_fn, WeightedReward) else config.reward.name
         if config.model.mixed_precision != "no" and not torch.cuda.is_available():
             raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")
+        check_trackers(config.run.log_with)
+        self.run = self._check_run_folder(run_dir, resume, config_name)  # before any slow work
         self.accelerator = Accelerator(
             mixed_precision=config.model.mixed_precision,
             gradient_accumulation_steps=config.train.gradient_accumulation_steps * len(self._timestep_chunks()),
+            log_with=list(config.run.log_with) or None,
+            project_dir=str(self.run.path / "trackers"),
         )
-        self.run = self._check_run_folder(run_dir, resume, config_name)  # before any slow work
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained)
         self.family = family_for(self.pipe)
         self.latent_shape = self.family.latent_shape(config.sample.height, config.sample.width)  # checks the size first
@@ -124,6 +147,8 @@ class Trainer:
         if self.accelerator.is_main_process:
             atomic_write_text(self.run.config, self.config.to_toml())
         self.tracker = PerPromptStatTracker(config.advantage.per_prompt_buffer_size, config.advantage.per_prompt_min_count)
+        if config.run.log_with:
+            self.accelerator.init_trackers(self.run.path.name, config=flat_config(config))
         self.start_epoch = 1
         if resume:
             self._resume()
@@ -196,6 +221,7 @@ class Trainer:
         for epoch in bar(range(self.start_epoch, self.config.run.num_epochs + 1), desc="epochs", enabled=self._show_progress, leave=True):
             self.step(epoch)
         self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()  # closes the trackers' files
         return self.run.read_metrics()
 
     def begin(self) -> None:
@@ -393,7 +419,12 @@ class Trainer:
         if not self.accelerator.is_main_process:
             return {}
         start = time.perf_counter()
-        record = self.reporter.evaluation(epoch, self.eval_images(epoch))
+        images = self.eval_images(epoch)
+        record = self.reporter.evaluation(epoch, images)
+        for tracker in self.accelerator.trackers:  # TensorBoard takes a tensor [N, 3, H, W]; the others PIL images
+            values = {"eval_images": images.float().cpu()} if tracker.name == "tensorboard" else {"eval_images": [to_pil(i) for i in images]}
+            with contextlib.suppress(NotImplementedError, AttributeError):
+                tracker.log_images(values, step=epoch)
         return {**record, "eval_seconds": time.perf_counter() - start}
 
     @torch.no_grad()
@@ -429,6 +460,9 @@ class Trainer:
         """Append an epoch's metrics and redraw the figures (main process)."""
         if self.accelerator.is_main_process:
             self.reporter.log_epoch(record)
+        if self.config.run.log_with:
+            numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"}
+            self.accelerator.log(numbers, step=record["epoch"])
 
     def save_checkpoint(self, epoch: int) -> None:
         """Checkpoint (weights, optimizer, advantage statistics) and the loadable LoRA or denoiser."""
