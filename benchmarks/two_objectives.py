@@ -40,25 +40,22 @@ CLASSES = ["tree", "water"]
 def run(name: str, overrides: list[str], draws: int) -> dict:
     """Train one run step by step; per step: fractions of the shown image and mean fractions over draws."""
     config = load_config(f"configs/human_sim_{name}.toml", overrides + [f"run.name={name + time.strftime('-%H%M%S')!r}"])
-    trainer = Trainer(config, progress=False)
     seed = config.sample.single_image_seed
     shown = {c: [] for c in CLASSES}
     expected = {c: [] for c in CLASSES}
     seconds = []
 
-    def measure(epoch: int) -> None:
+    def measure(trainer: Trainer, record: dict) -> None:  # an epoch-end callback
+        epoch = record["epoch"]
+        if epoch > 0:
+            seconds.append(sum(record[k] for k in ("sample_seconds", "reward_seconds", "train_seconds", "eval_seconds")))
         image = torch.from_numpy(np.array(Image.open(trainer.run.eval_image_path(epoch, seed)))).permute(2, 0, 1)[None].float() / 255
         for store, images in ((shown, image), (expected, trainer.single_image_draws(draws))):
             for c, value in mean_class_fractions(images, CLASSES).items():
                 store[c].append(value)
 
-    trainer.begin()
-    measure(0)
-    for epoch in range(1, config.run.num_epochs + 1):
-        start = time.perf_counter()
-        trainer.step(epoch)
-        seconds.append(time.perf_counter() - start)
-        measure(epoch)
+    trainer = Trainer(config, progress=False, callbacks=[measure])
+    trainer.train()
     print(name, {k: [round(v, 3) for v in vs] for k, vs in expected.items()}, flush=True)
     return {"shown": shown, "expected": expected, "seconds": float(np.median(seconds)), "dir": trainer.run.path, "seed": seed}
 

@@ -19,7 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -52,6 +52,10 @@ INJECTED_PREFIX = "injected:"
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
     """A seed for one purpose of one epoch on one process, independent of everything before it."""
     return int(np.random.SeedSequence([seed, epoch, _PURPOSES[purpose], process]).generate_state(1)[0])
+
+
+PromptFn = Callable[[torch.Generator], tuple[str, dict]]
+EpochCallback = Callable[["Trainer", dict], None]
 
 
 def check_trackers(names: Sequence[str]) -> None:
@@ -106,6 +110,11 @@ class Trainer:
         resume: continue the run in ``run_dir`` from its latest checkpoint.
         progress: show progress bars.
         config_name: names a new run folder (with the time) when ``config.run.name`` is unset.
+        prompt_fn: ``fn(generator) -> (prompt, metadata)`` draws each group's prompt instead of
+            ``sample.prompts`` (draw with the generator: it is seeded per epoch, so a resumed run repeats);
+            the metadata dict reaches the reward with the sample.
+        callbacks: ``fn(trainer, record)`` called after each epoch is logged (and after epoch 0's
+            evaluation), with the epoch's metrics record; on the main process.
     """
 
     def __init__(
@@ -118,6 +127,8 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         config_name: str = "run",
+        prompt_fn: PromptFn | None = None,
+        callbacks: Sequence[EpochCallback] = (),
     ) -> None:
         if reward_fn is not None:  # recorded as what it is, so that a resume cannot silently train on another reward
             name = injected_reward_name(reward_fn)
@@ -126,6 +137,8 @@ class Trainer:
             config = config.model_copy(update={"reward": RewardConfig(name=name)}, deep=True)
         self.config = config
         self.progress = progress
+        self.prompt_fn = prompt_fn
+        self.callbacks = list(callbacks)
         self.reward_fn = reward_fn or build_reward(config.reward)
         self.reward_name = self.reward_fn.name if isinstance(self.reward_fn, WeightedReward) else config.reward.name
         if config.model.mixed_precision != "no" and not torch.cuda.is_available():
@@ -242,7 +255,8 @@ class Trainer:
         start = time.perf_counter()
         trajectories = self.sample(epoch)
         sampled = time.perf_counter()
-        heatmaps = self.reward(trajectories.images, trajectories.prompts, [{"prompt": p, "epoch": epoch} for p in trajectories.prompts])
+        metadata = [{**extra, "prompt": p, "epoch": epoch} for p, extra in zip(trajectories.prompts, self._metadata)]
+        heatmaps = self.reward(trajectories.images, trajectories.prompts, metadata)
         terms = self.reward_terms()
         rewarded = time.perf_counter()
         batch = Batch(trajectories, heatmaps, self.advantages(heatmaps, trajectories.prompts))
@@ -272,14 +286,26 @@ class Trainer:
         noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
         self.family.denoiser.eval()
         if cfg.single_image_seed is not None:  # the same x_T every epoch, fresh noise for the steps
+            self._metadata = [{}]
             return self._sample([cfg.prompts[0]], noise_rng, self._single_image_noise())
-        parts = []
+        parts, self._metadata = [], []
         for b in range(cfg.num_batches_per_epoch):
             # batch_size / group_size prompts, each sampled group_size times in a row (a GRPO group)
-            picks = torch.randint(len(cfg.prompts), (cfg.batch_size // cfg.group_size,), generator=prompt_rng)
-            prompts = [cfg.prompts[i] for i in picks.repeat_interleave(cfg.group_size).tolist()]
+            groups = [self._draw_prompt(prompt_rng) for _ in range(cfg.batch_size // cfg.group_size)]
+            prompts = [prompt for prompt, _ in groups for _ in range(cfg.group_size)]
+            self._metadata += [dict(extra) for _, extra in groups for _ in range(cfg.group_size)]
             parts.append(self._sample(prompts, noise_rng, desc=f"sampling {b + 1}/{cfg.num_batches_per_epoch}"))
         return Trajectories.cat(parts)
+
+    def _draw_prompt(self, generator: torch.Generator) -> tuple[str, dict]:
+        """One group's prompt and metadata: from prompt_fn, or uniformly from sample.prompts."""
+        if self.prompt_fn is not None:
+            prompt, metadata = self.prompt_fn(generator)
+            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(metadata, dict):
+                raise ValueError(f"prompt_fn returned ({prompt!r}, {type(metadata).__name__}): expected (a non-empty prompt, a dict)")
+            return prompt, metadata
+        prompts = self.config.sample.prompts
+        return prompts[int(torch.randint(len(prompts), (1,), generator=generator))], {}
 
     def _sample(self, prompts: list[str], generator, initial_noise: torch.Tensor | None = None, desc: str | None = None) -> Trajectories:
         """Trajectories of the current policy with the config's sampler settings."""
@@ -460,6 +486,8 @@ class Trainer:
         """Append an epoch's metrics and redraw the figures (main process)."""
         if self.accelerator.is_main_process:
             self.reporter.log_epoch(record)
+            for callback in self.callbacks:
+                callback(self, record)
         if self.config.run.log_with:
             numbers = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "epoch"}
             self.accelerator.log(numbers, step=record["epoch"])
