@@ -161,3 +161,24 @@ def test_top_level_api():
         assert getattr(pxpo, name) is not None, name
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         pxpo.nope
+
+
+def test_single_file_checkpoints_must_be_safetensors_and_exist(tmp_path):
+    (tmp_path / "model.ckpt").write_bytes(b"pickle")
+    with pytest.raises(ConfigError, match="single-file checkpoints only as .safetensors \\(a .ckpt file is a pickle\\)"):
+        validate_config({"model": {"pretrained": str(tmp_path / "model.ckpt")}})
+    with pytest.raises(ConfigError, match="model.safetensors': no such file"):
+        validate_config({"model": {"pretrained": str(tmp_path / "model.safetensors")}})
+    (tmp_path / "model.safetensors").write_bytes(b"")
+    assert validate_config({"model": {"pretrained": str(tmp_path / "model.safetensors")}}).model.pretrained.endswith(".safetensors")
+
+
+def test_a_single_file_that_is_not_a_checkpoint_gets_a_one_line_error(tmp_path):
+    from safetensors.torch import save_file
+
+    from pxpo.models import load_pipeline
+    from pxpo.world import WEIGHTS
+
+    save_file({"not_a_unet": torch.zeros(2)}, tmp_path / "model.safetensors")
+    with pytest.raises(ValueError, match="cannot load a StableDiffusionPipeline from the single file"):
+        load_pipeline(str(tmp_path / "model.safetensors"), single_file_config=str(WEIGHTS / "pxpo-tiny"))

@@ -43,6 +43,11 @@ class ModelConfig(_Section):
         description="Base pipeline: a registered name (pxpo-tiny, pxpo-tiny-flow, tiny-random, tiny-random-sd3, tiny-random-flux), "
         "a local folder or a hub id (org/name) of a StableDiffusionPipeline, StableDiffusion3Pipeline or FluxPipeline.",
     )
+    single_file_config: str | None = Field(
+        None,
+        description="When pretrained is a single-file .safetensors checkpoint: a diffusers-layout folder or hub id of the same "
+        "architecture (names the pipeline class; unset: StableDiffusionPipeline with configs from the hub).",
+    )
     lora: bool = Field(True, description="Train a LoRA adapter (peft) on the denoiser (UNet or transformer); false fine-tunes all of it.")
     lora_rank: int = Field(4, gt=0, description="LoRA rank r.")
     lora_alpha: float | None = Field(None, gt=0, description="LoRA alpha; defaults to the rank (scale 1).")

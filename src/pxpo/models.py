@@ -49,6 +49,13 @@ def check_model_reference(name_or_path: str, registry: dict[str, object] | None 
     names = _PIPELINES if registry is None else registry
     if name_or_path in names or Path(name_or_path).expanduser().is_dir():
         return name_or_path
+    suffix = Path(name_or_path).suffix.lower()
+    if registry is None and suffix in (".safetensors", ".ckpt", ".pt", ".bin"):
+        if suffix != ".safetensors":
+            raise ValueError(f"{name_or_path!r}: pxpo loads single-file checkpoints only as .safetensors (a {suffix} file is a pickle)")
+        if not Path(name_or_path).expanduser().is_file():
+            raise ValueError(f"{name_or_path!r}: no such file")
+        return name_or_path
     looks_like_path = name_or_path.startswith((".", "/", "~")) or os.sep + os.sep in name_or_path
     parent = Path(name_or_path).expanduser().parent
     if _HUB_ID.match(name_or_path) and parent.is_dir():  # "runs/typo": a folder here, not a hub organisation
@@ -72,20 +79,44 @@ def _resolve(name_or_path: str, registry: dict[str, Path]) -> tuple[str, str]:
     return name_or_path, f"hub id {name_or_path!r} (no local folder of that name; is the hub reachable?)"
 
 
-def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+def load_single_file(path: str, config: str | None = None, torch_dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+    """A pipeline from one original-format ``.safetensors`` checkpoint (e.g. a community SD v1.5 fine-tune).
+
+    ``config``: a diffusers-layout folder or hub id with the same architecture (its ``model_index.json``
+    names the pipeline class; default StableDiffusionPipeline). diffusers' ``from_single_file`` converts
+    the weights; without ``config`` it fetches the architecture's configs from the hub.
+    """
+    import diffusers
+    from diffusers.loaders.single_file_utils import SingleFileComponentError
+
+    class_name = "StableDiffusionPipeline"
+    if config is not None and Path(config).expanduser().is_dir():
+        class_name = DiffusionPipeline.load_config(config).get("_class_name", class_name)
+    pipeline_class = getattr(diffusers, class_name)
+    extra = {"safety_checker": None, "requires_safety_checker": False} if class_name == "StableDiffusionPipeline" else {}
+    try:
+        return pipeline_class.from_single_file(path, config=config, torch_dtype=torch_dtype, **extra)
+    except (OSError, ValueError, KeyError, SingleFileComponentError) as error:
+        raise ValueError(f"cannot load a {class_name} from the single file {path!r}: {error}") from error
+
+
+def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32, single_file_config: str | None = None) -> DiffusionPipeline:
     """A pipeline of a supported family, ready to sample as a policy.
 
     ``name_or_path``: a registered name (``pxpo-tiny``, ``pxpo-tiny-flow``, ``tiny-random``, ...), a
     local folder or a hub id of a StableDiffusionPipeline, StableDiffusion3Pipeline or FluxPipeline
     (e.g. ``CompVis/stable-diffusion-v1-4``, ``stabilityai/stable-diffusion-3.5-medium``,
-    ``black-forest-labs/FLUX.1-dev``). The family's sampler is set up as for an injected pipeline
+    ``black-forest-labs/FLUX.1-dev``), or a single-file ``.safetensors`` checkpoint (``load_single_file``,
+    with ``single_file_config`` naming its architecture). The family's sampler is set up as for an injected pipeline
     (``pxpo.families``): SD's scheduler becomes a DDIMScheduler with ``set_alpha_to_one`` off. No
     safety checker is loaded.
     """
     check_model_reference(name_or_path)
     disable_loading_bars()
     source = _PIPELINES.get(name_or_path)
-    if callable(source):
+    if source is None and Path(name_or_path).expanduser().is_file():
+        pipe = load_single_file(name_or_path, single_file_config, torch_dtype)
+    elif callable(source):
         pipe = source()
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)

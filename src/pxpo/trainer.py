@@ -151,7 +151,7 @@ class Trainer:
             log_with=list(config.run.log_with) or None,
             project_dir=str(self.run.path / "trackers"),
         )
-        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained)
+        self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained, single_file_config=config.model.single_file_config)
         self.family = family_for(self.pipe)
         self.latent_shape = self.family.latent_shape(config.sample.height, config.sample.width)  # checks the size first
         self.noise_level = getattr(config.sample, self.family.noise_setting)
