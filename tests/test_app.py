@@ -16,6 +16,8 @@ from pxpo.run_folder import to_pil
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
 
+pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
+
 MODEL = "tiny-random"
 
 

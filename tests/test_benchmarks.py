@@ -5,6 +5,9 @@ import py_compile
 import subprocess
 import sys
 from pathlib import Path
+import pytest
+
+pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,6 +17,8 @@ from PIL import Image
 from pxpo.app.server import create_app
 from pxpo.rewards.human import decode_feedback
 
+pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip

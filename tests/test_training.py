@@ -10,6 +10,8 @@ from pxpo.cli import main
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
 
+pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
+
 
 @pytest.mark.parametrize(
     ("algorithm", "model", "learning_rate", "min_gain"),

@@ -16,6 +16,8 @@ from pxpo.trainer import Trainer
 from pxpo.world.evaluate import segmenter_iou
 from pxpo.world.scenes import CLASSES, FAMILIES, FAMILY_PROMPTS, ID2LABEL, LABEL2ID, class_presence, render_scene
 
+pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
+
 
 def test_renderer_is_deterministic_and_seeds_differ():
     a, b = render_scene(123), render_scene(123)

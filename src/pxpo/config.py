@@ -352,6 +352,7 @@ def reference_markdown() -> str:
         lines += [f"## [{section}]", "", "| key | type | default | meaning |", "| --- | --- | --- | --- |"]
         for name, info in model.model_fields.items():
             annotation = str(info.annotation).replace("typing.", "").replace("<class '", "").replace("'>", "").replace(" | ", " or ")
+            annotation = annotation.replace("pxpo.config.", "").replace("__main__.", "")
             default = "unset" if info.default is None else repr(info.default)
             lines.append(f"| `{name}` | `{annotation}` | `{default}` | {info.description} |")
         lines.append("")
