@@ -42,3 +42,25 @@ def test_a_failed_write_keeps_the_old_content_and_leaves_nothing_behind(tmp_path
             raise RuntimeError("crash while writing")
     assert target.read_text() == "old" and (folder / "w").read_text() == "old"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora", "metrics.json"]
+
+
+def test_a_run_folder_has_one_writer_across_processes(tmp_path):
+    import subprocess
+    import sys
+
+    from pxpo.run_folder import RunFolder, RunFolderBusy
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", f"from pxpo.run_folder import RunFolder; RunFolder({str(tmp_path / 'run')!r}).lock(); print('held', flush=True); input()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunFolderBusy, match=f"is being written by process {holder.pid}"):
+            RunFolder(tmp_path / "run").lock()
+    finally:
+        holder.kill()  # the kernel releases the lock of a killed process
+        holder.wait()
+    RunFolder(tmp_path / "run").lock()
+    RunFolder(tmp_path / "run").lock()  # again in the same process: a no-op
+    assert RunFolder(tmp_path / "run").is_empty()  # only the lock: a re-run may use the folder

@@ -27,6 +27,12 @@ from safetensors.torch import load_file, save_file
 from pxpo.io import atomic_directory, atomic_write_text, save_image
 
 CHECKPOINT_PREFIX = "epoch_"
+LOCK_NAME = ".lock"
+_HELD: dict[Path, object] = {}  # run folders this process holds the lock of (open lock files)
+
+
+class RunFolderBusy(ValueError):
+    """Another process is writing the run folder."""
 
 
 def to_pil(image: torch.Tensor) -> Image.Image:
@@ -67,6 +73,38 @@ class RunFolder:
         self.eval_dir = self.path / "eval"
         self.lora = self.path / "lora"
         self.checkpoints = self.path / "checkpoints"
+
+    def lock(self) -> None:
+        """Become the run folder's one writer, or raise RunFolderBusy naming the process that is.
+
+        An OS lock (``flock`` on RUN/.lock, holding the writer's process id): the kernel releases it when
+        the process ends, however it ends, so a crashed run never blocks its folder. Taking it again in
+        the same process is a no-op (a trainer and its resume in one Python session).
+        """
+        import fcntl
+        import os
+
+        key = self.path.resolve()
+        if key in _HELD:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK_NAME, "a+")  # noqa: SIM115  (kept open while the lock is held)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise RunFolderBusy(f"run folder {str(self.path)!r} is being written by process {holder}: wait for it, or stop it") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        _HELD[key] = handle
+
+    def is_empty(self) -> bool:
+        """No files but (perhaps) the lock: a folder a failed start left behind can be used again."""
+        return not self.path.exists() or all(p.name == LOCK_NAME for p in self.path.iterdir())
 
     def denoiser(self, name: str) -> Path:
         """The folder of a fully fine-tuned denoiser ("unet" or "transformer")."""

@@ -151,6 +151,8 @@ class Trainer:
             log_with=list(config.run.log_with) or None,
             project_dir=str(self.run.path / "trackers"),
         )
+        if self.accelerator.is_main_process:
+            self.run.lock()  # one writer per run folder, from here until this process ends
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained, single_file_config=config.model.single_file_config)
         self.family = family_for(self.pipe)
         self.latent_shape = self.family.latent_shape(config.sample.height, config.sample.width)  # checks the size first
@@ -208,7 +210,7 @@ class Trainer:
         if resume:
             if not run.config.exists():
                 raise ConfigError(f"cannot resume {str(run.path)!r}: it has no config.toml (not a run folder)")
-        elif run.path.exists() and any(run.path.iterdir()):
+        elif not run.is_empty():
             raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
         return run
 
