@@ -37,7 +37,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pxpo.config import validate_config  # noqa: E402
-from pxpo.io import atomic_file, atomic_write_text  # noqa: E402
+from pxpo.io import atomic_write_text  # noqa: E402
+from pxpo.plots import save_figure  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 from sample_efficiency import TASKS, context_change  # noqa: E402  (benchmarks/ is on the path of its scripts)
 
@@ -165,9 +166,7 @@ def report(task: str, runs: dict, best: dict, args, out: Path) -> list[str]:
     ax.set_title(f"{task} on pxpo-tiny-flow (mean over {args.seeds} seeds)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    with atomic_file(out / f"flow_sample_efficiency_{task}.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out / f"flow_sample_efficiency_{task}.png")
     return lines + [f"![{task}](flow_sample_efficiency_{task}.png)", ""]
 
 

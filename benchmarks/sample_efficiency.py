@@ -37,7 +37,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pxpo.config import validate_config  # noqa: E402
-from pxpo.io import atomic_file, atomic_write_text  # noqa: E402
+from pxpo.io import atomic_write_text  # noqa: E402
+from pxpo.plots import save_figure  # noqa: E402
 from pxpo.models import load_segmenter  # noqa: E402
 from pxpo.rewards.segmentation import class_probabilities  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
@@ -190,9 +191,7 @@ def task_report(task: str, runs: dict, args: argparse.Namespace, out: Path) -> l
     ax.set_title(task)
     ax.grid(alpha=0.3)
     ax.legend()
-    with atomic_file(out / f"sample_efficiency_{task}.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out / f"sample_efficiency_{task}.png")
     return lines + [f"![{task}](sample_efficiency_{task}.png)", ""]
 
 

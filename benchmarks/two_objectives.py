@@ -29,7 +29,8 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pxpo.config import load_config  # noqa: E402
-from pxpo.io import atomic_file, atomic_write_text  # noqa: E402
+from pxpo.io import atomic_write_text, save_image  # noqa: E402
+from pxpo.plots import save_figure  # noqa: E402
 from pxpo.rewards.human import mean_class_fractions  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
@@ -83,16 +84,13 @@ def main() -> None:
         ax.set_xlabel("step (one reward query each)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    with atomic_file(docs / "images" / "two_objectives.png") as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, docs / "images" / "two_objectives.png")
 
     picked = sorted(set(np.linspace(0, steps, 6).round().astype(int).tolist()))
     rows = [np.concatenate([np.asarray(Image.open(results[n]["dir"] / "eval" / f"epoch_{s:04d}" / f"seed_{seed:04d}.png")) for s in picked], axis=1)
             for n in RUNS]  # fmt: skip
     strip = Image.fromarray(np.concatenate(rows, axis=0))
-    with atomic_file(docs / "images" / "two_objectives_images.png") as tmp:
-        strip.resize((strip.width * 3, strip.height * 3), Image.NEAREST).save(tmp, format="PNG")
+    save_image(strip.resize((strip.width * 3, strip.height * 3), Image.NEAREST), docs / "images" / "two_objectives_images.png")
 
     command = " ".join(["python benchmarks/two_objectives.py", *(f"--set {o}" for o in args.overrides), f"--draws {args.draws}"])
     lines = ["# Two objectives on one image (simulated annotator)", "",

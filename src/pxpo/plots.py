@@ -15,8 +15,9 @@ from PIL import Image  # noqa: E402
 from pxpo.io import atomic_file  # noqa: E402
 
 
-def _save(fig: plt.Figure, path: Path) -> None:
-    with atomic_file(path) as tmp:
+def save_figure(fig: plt.Figure, path: str | Path) -> None:
+    """Write a figure as PNG atomically and close it (every figure pxpo and its benchmarks draw goes through here)."""
+    with atomic_file(Path(path)) as tmp:
         fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -43,7 +44,7 @@ def plot_reward_curve(metrics: Sequence[dict], path: str | Path, title: str = ""
     ax.grid(alpha=0.3)
     if train or evals:
         ax.legend()
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))
 
 
 def pick_columns(epochs: Sequence[int], max_columns: int) -> list[int]:
@@ -73,4 +74,4 @@ def plot_image_grid(
                 ax.set_ylabel(row_labels[r], fontsize=8)
     if title:
         fig.suptitle(title, fontsize=9, parse_math=False)
-    _save(fig, Path(path))
+    save_figure(fig, Path(path))

@@ -84,6 +84,19 @@ def _batches(n: int, batch: int, generator: torch.Generator):
                 yield idx
 
 
+def _optimizer_step(loss, params, optimizer, lr_schedule, ema: EMAModel, model, losses: list[float], name: str, progress: bool) -> None:
+    """One step of the denoiser trainings: backward, clip to norm 1, AdamW, schedule, EMA; a log line every 1000 steps."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    lr_schedule.step()
+    ema.step(model.parameters())
+    losses.append(loss.item())
+    if progress and len(losses) % 1000 == 0:
+        logger.info("%s step %d: loss %.4f", name, len(losses), np.mean(losses[-1000:]))
+
+
 def train_vae(images: torch.Tensor, s: PretrainSettings, progress: bool = True) -> tuple[AutoencoderKL, dict]:
     """Train the tiny AutoencoderKL on images [N, 3, 64, 64] in [-1, 1]; set its scaling factor."""
     torch.manual_seed(s.seed)
@@ -145,7 +158,7 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, captions: li
     gen = torch.Generator().manual_seed(s.seed + 2)
     batches = _batches(len(latent_mean), s.unet_batch, gen)
     losses = []
-    for step in bar(range(s.unet_steps), desc="unet", enabled=progress, leave=True):
+    for _ in bar(range(s.unet_steps), desc="unet", enabled=progress, leave=True):
         idx = next(batches)
         x0 = latent_mean[idx] + latent_std[idx] * torch.randn(latent_mean[idx].shape, generator=gen)
         ids = tokens[idx].clone()
@@ -156,15 +169,7 @@ def train_unet(latent_mean: torch.Tensor, latent_std: torch.Tensor, captions: li
         noisy = noise_scheduler.add_noise(x0, noise, t)
         pred = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = F.mse_loss(pred, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(unet.parameters())
-        losses.append(loss.item())
-        if progress and step % 1000 == 999:
-            logger.info("unet step %d: loss %.4f", step + 1, np.mean(losses[-1000:]))
+        _optimizer_step(loss, params, optimizer, lr_schedule, ema, unet, losses, "unet", progress)
     ema.copy_to(unet.parameters())
     stats = {"unet_loss_first_500": float(np.mean(losses[:500])), "unet_loss_last_500": float(np.mean(losses[-500:]))}
     return unet.eval(), text_encoder.eval(), tokenizer, stats
@@ -199,7 +204,7 @@ def train_flow(vae: AutoencoderKL, images: torch.Tensor, captions: list[str], s:
     for e in encoders:
         e.train()
     transformer.train()
-    for step in bar(range(s.flow_steps), desc="flow transformer", enabled=progress, leave=True):
+    for _ in bar(range(s.flow_steps), desc="flow transformer", enabled=progress, leave=True):
         idx = next(batches)
         x0 = (raw[idx] + stds[idx] * torch.randn(raw[idx].shape, generator=gen) - shift) * scale
         drop = (torch.rand(len(idx), generator=gen) < s.caption_dropout).tolist()
@@ -213,15 +218,7 @@ def train_flow(vae: AutoencoderKL, images: torch.Tensor, captions: list[str], s:
         noisy = (1 - sigmas) * x0 + sigmas * noise
         pred = transformer(hidden_states=noisy, timestep=timesteps, encoder_hidden_states=embeds, pooled_projections=pooled, return_dict=False)[0]
         loss = F.mse_loss(pred, noise - x0)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        lr_schedule.step()
-        ema.step(transformer.parameters())
-        losses.append(loss.item())
-        if progress and step % 1000 == 999:
-            logger.info("flow step %d: loss %.4f", step + 1, np.mean(losses[-1000:]))
+        _optimizer_step(loss, params, optimizer, lr_schedule, ema, transformer, losses, "flow", progress)
     ema.copy_to(transformer.parameters())
     for module in (transformer, *encoders):
         module.eval()
