@@ -259,3 +259,34 @@ def test_a_bad_prompt_fn_is_named(make_config):
     trainer = Trainer(make_config(), pipeline=build_tiny_pipeline(0), progress=False, prompt_fn=lambda g: ("", {}))
     with pytest.raises(ValueError, match="prompt_fn returned \\(''"):
         trainer.sample(1)
+
+
+def test_resume_repairs_what_a_crash_left_and_falls_back_past_a_damaged_checkpoint(make_config, tmp_path, caplog):
+    import logging
+    import shutil
+
+    from pxpo.models import trainable_state_dict
+
+    config = make_config(run={"num_epochs": 2, "name": "crashy", "checkpoint_every": 1, "keep_checkpoints": 2})
+    trainer = Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)
+    trainer.train()
+    run = trainer.run
+    epoch_1 = load_file(run.checkpoints / "epoch_0001" / "trainable.safetensors")
+    # what kill -9 at bad moments leaves: a half-written newest checkpoint, temporary folders, no lora/ (killed mid-swap)
+    (run.checkpoints / "epoch_0002" / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    (run.path / ".lora.tmp-abc123").mkdir()
+    (run.path / ".lora.old-def456").mkdir()
+    (run.checkpoints / ".epoch_0003.tmp-x").mkdir()
+    (run.path / ".metrics.jsonl.k2j.tmp").write_text("")
+    shutil.rmtree(run.lora)
+
+    with caplog.at_level(logging.INFO):
+        resumed = Trainer(make_config(run={"num_epochs": 2, "name": "crashy", "checkpoint_every": 1}), pipeline=build_tiny_pipeline(0),
+                          run_dir=run.path, resume=True, progress=False)  # fmt: skip
+    assert "epoch_0002 is damaged" in caplog.text
+    assert resumed.start_epoch == 2  # from the intact epoch-1 checkpoint
+    assert not [p for p in run.path.rglob(".*") if p.name != ".lock"]  # every leftover removed
+    saved = load_file(run.lora / "pytorch_lora_weights.safetensors")  # lora/ rebuilt from the checkpoint resumed from
+    state = trainable_state_dict(resumed.denoiser)
+    assert saved and state.keys() == epoch_1.keys() and all(torch.equal(state[k], epoch_1[k]) for k in epoch_1)
+    assert [m["epoch"] for m in resumed.train()] == [0, 1, 2]

@@ -102,6 +102,20 @@ class RunFolder:
         handle.flush()
         _HELD[key] = handle
 
+    def remove_leftovers(self) -> list[Path]:
+        """Delete what interrupted atomic writes left (hidden ``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.*.tmp``); call
+        with the lock held. Returns what was removed."""
+        removed = []
+        for folder in (self.path, self.checkpoints, *sorted(self.eval_dir.glob("*"))):
+            if not folder.is_dir():
+                continue
+            for entry in folder.iterdir():
+                name = entry.name
+                if name.startswith(".") and (".tmp-" in name or ".old-" in name or name.endswith(".tmp")):
+                    shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+                    removed.append(entry)
+        return removed
+
     def is_empty(self) -> bool:
         """No files but (perhaps) the lock: a folder a failed start left behind can be used again."""
         return not self.path.exists() or all(p.name == LOCK_NAME for p in self.path.iterdir())

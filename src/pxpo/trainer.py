@@ -30,6 +30,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
+from safetensors import SafetensorError
 from pxpo.progress import bar
 
 from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
@@ -215,18 +216,30 @@ class Trainer:
         return run
 
     def _resume(self) -> None:
+        """Continue from the newest intact checkpoint; repair what a crash may have left behind."""
+        if self.accelerator.is_main_process:
+            for leftover in self.run.remove_leftovers():
+                logger.info("removed %s (left by an interrupted write)", leftover)
         checkpoints = self.run.list_checkpoints()
         if not checkpoints:
             logger.warning("%s has no checkpoint: starting from epoch 1", self.run.path)
             self.run.write_metrics([])
             return
-        trainable, optimizer_state, state = RunFolder.load_checkpoint(checkpoints[-1])
-        load_trainable_state_dict(self.accelerator.unwrap_model(self.denoiser), trainable)
-        self.optimizer.load_state_dict(optimizer_state)
-        self.tracker.load_state_dict(state["tracker"])
+        for path in reversed(checkpoints):
+            try:
+                trainable, optimizer_state, state = RunFolder.load_checkpoint(path)
+                load_trainable_state_dict(self.accelerator.unwrap_model(self.denoiser), trainable)
+                self.optimizer.load_state_dict(optimizer_state)
+                self.tracker.load_state_dict(state["tracker"])
+                break
+            except (OSError, ValueError, KeyError, SafetensorError) as error:  # a truncated file, bad JSON, ...
+                logger.warning("checkpoint %s is damaged (%s): trying the one before it", path, error)
+        else:
+            raise ConfigError(f"cannot resume {str(self.run.path)!r}: every checkpoint is damaged ({', '.join(p.name for p in checkpoints)})")
         self.start_epoch = state["epoch"] + 1
         if self.accelerator.is_main_process:
             self.run.write_metrics([m for m in self.run.read_metrics() if m["epoch"] <= state["epoch"]])
+            self._save_weights()  # the loadable lora/ (or denoiser) always matches the checkpoint resumed from
         logger.info("resumed %s from epoch %d", self.run.path, state["epoch"])
 
     # the loop ------------------------------------------------------------------------------------
@@ -508,6 +521,11 @@ class Trainer:
             {"tracker": self.tracker.state_dict()},
             keep=self.config.run.keep_checkpoints,
         )
+        self._save_weights()
+
+    def _save_weights(self) -> None:
+        """The loadable weights: lora/ (``pipe.load_lora_weights``) or the whole denoiser's folder."""
+        denoiser = self.accelerator.unwrap_model(self.denoiser)
         if self.config.model.lora:
             self.family.save_lora(denoiser, self.run.lora)
         else:
