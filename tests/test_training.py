@@ -290,3 +290,27 @@ def test_resume_repairs_what_a_crash_left_and_falls_back_past_a_damaged_checkpoi
     state = trainable_state_dict(resumed.denoiser)
     assert saved and state.keys() == epoch_1.keys() and all(torch.equal(state[k], epoch_1[k]) for k in epoch_1)
     assert [m["epoch"] for m in resumed.train()] == [0, 1, 2]
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])
+def test_a_signal_ends_a_run_with_one_line_telling_how_to_resume(tmp_path, signal_name):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "long.toml"
+    config.write_text(
+        '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\n'
+        f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 1000\ncheckpoint_every = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "long"\n'
+    )
+    process = subprocess.Popen([sys.executable, "-m", "pxpo.cli", "train", str(config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = tmp_path / "runs" / "long" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    process.send_signal(getattr(signal, signal_name))
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "Traceback" not in err
+    assert f"Continue with: pxpo train --resume {tmp_path / 'runs' / 'long'}" in err

@@ -179,7 +179,11 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("pxpo train needs a CONFIG file (or --resume RUN)")
         config = load_config(args.config, args.overrides)
         trainer = Trainer(config, progress=not args.no_progress, config_name=Path(args.config).stem)
-    metrics = trainer.train()
+    try:
+        metrics = trainer.train()
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
+        print(f"pxpo train: stopped; the last checkpoint is kept. Continue with: pxpo train --resume {trainer.run.path}", file=sys.stderr)
+        return 130
     last = metrics[-1]
     print(f"run folder: {trainer.run.path}")
     if "eval_reward_mean" in last:
@@ -257,7 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+    import signal
+
     from pxpo.progress import log_above_bars
+
+    def stop(signum, frame):  # SIGTERM ends a run the way Ctrl-C does: one line, no traceback
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
 
     try:
         with log_above_bars():
