@@ -182,3 +182,9 @@ def test_a_single_file_that_is_not_a_checkpoint_gets_a_one_line_error(tmp_path):
     save_file({"not_a_unet": torch.zeros(2)}, tmp_path / "model.safetensors")
     with pytest.raises(ValueError, match="cannot load a StableDiffusionPipeline from the single file"):
         load_pipeline(str(tmp_path / "model.safetensors"), single_file_config=str(WEIGHTS / "pxpo-tiny"))
+
+
+def test_a_launch_whose_process_count_accelerate_does_not_see_is_refused(make_config, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")  # what `accelerate launch --multi_gpu` without a GPU backend leaves each process
+    with pytest.raises(ConfigError, match="started 2 processes \\(WORLD_SIZE\\) but accelerate sees 1: each would train alone"):
+        Trainer(make_config(), progress=False)

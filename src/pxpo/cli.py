@@ -184,6 +184,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
         print(f"pxpo train: stopped; the last checkpoint is kept. Continue with: pxpo train --resume {trainer.run.path}", file=sys.stderr)
         return 130
+    if not trainer.accelerator.is_main_process:
+        return 0  # the main process prints the summary
     last = metrics[-1]
     print(f"run folder: {trainer.run.path}")
     if "eval_reward_mean" in last:

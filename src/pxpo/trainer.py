@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from accelerate.utils import gather_object
+from accelerate import Accelerator, PartialState
+from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
 from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from safetensors import SafetensorError
@@ -57,6 +58,28 @@ def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
 
 PromptFn = Callable[[torch.Generator], tuple[str, dict]]
 EpochCallback = Callable[["Trainer", dict], None]
+
+
+def process_state() -> PartialState:
+    """accelerate's process state, set up as the Accelerator will set it up (ACCELERATE_USE_CPU: gloo on CPUs)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def check_launch(config: Config) -> None:
+    """Refuse launches that would go wrong silently: accelerate's process count must match the launcher's."""
+    state = process_state()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != state.num_processes:
+        raise ConfigError(
+            f"the launcher started {world} processes (WORLD_SIZE) but accelerate sees {state.num_processes}: each would train "
+            "alone. On GPUs: accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG; on CPUs: "
+            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG"
+        )
+    if state.num_processes > 1 and config.sample.single_image_seed is not None:
+        raise ConfigError(
+            f"single-image mode (human feedback) runs in one process; this launch has {state.num_processes}: "
+            "the other ranks would train on images nobody saw"
+        )
 
 
 def check_trackers(names: Sequence[str]) -> None:
@@ -145,6 +168,7 @@ class Trainer:
         if config.model.mixed_precision != "no" and not torch.cuda.is_available():
             raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")
         check_trackers(config.run.log_with)
+        check_launch(config)
         self.run = self._check_run_folder(run_dir, resume, config_name)  # before any slow work
         self.accelerator = Accelerator(
             mixed_precision=config.model.mixed_precision,
@@ -206,6 +230,8 @@ class Trainer:
     def _check_run_folder(self, run_dir: str | Path | None, resume: bool, config_name: str) -> RunFolder:
         if run_dir is None:
             name = self.config.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+            if process_state().num_processes > 1:  # the main process's clock names the folder for every rank
+                name = broadcast_object_list([name])[0]
             run_dir = Path(self.config.run.output_dir) / name
         run = RunFolder(run_dir)
         if resume:
@@ -418,7 +444,11 @@ class Trainer:
                     steps.update()
         steps.close()
         count = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * cfg.num_train_timesteps
-        return {**{k: v / count for k, v in totals.items()}, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
+        stats = {**{k: v / count for k, v in totals.items()}, "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0}
+        if acc.num_processes > 1:  # every rank's diagnostics, not rank 0's alone
+            means = acc.reduce(torch.tensor(list(stats.values()), device=acc.device), reduction="mean")
+            stats = dict(zip(stats, means.tolist()))
+        return stats
 
     def _timestep_chunks(self) -> list[list[int]]:
         """Columns of the per-sample step order trained together: [[0..k-1], [k..2k-1], ...]."""

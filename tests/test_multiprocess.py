@@ -1,0 +1,55 @@
+"""Two processes on the CPU (gloo), as `ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2` runs them."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.slow
+
+HERE = Path(__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_two_processes_train_one_coherent_run_with_equal_weights(tmp_path):
+    config = tmp_path / "two.toml"
+    config.write_text(
+        '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\nlearning_rate = 1e-2\n'
+        f'[eval]\nseeds = [0, 1]\n[run]\nnum_epochs = 2\noutput_dir = "{tmp_path / "runs"}"\n'
+    )  # no run.name: the main process's clock names the folder for both ranks
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(free_port()), str(HERE / "two_process_worker.py"), str(config), str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(launcher, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run,) = (tmp_path / "runs").iterdir()  # one run folder
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [0, 1, 2]  # each epoch logged once
+    rank0, rank1 = load_file(tmp_path / "rank0.safetensors"), load_file(tmp_path / "rank1.safetensors")
+    assert rank0.keys() == rank1.keys()
+    for key in rank0:
+        assert torch.equal(rank0[key], rank1[key]), key  # DDP keeps the ranks' weights identical
+    assert (run / "lora" / "pytorch_lora_weights.safetensors").is_file()
+
+
+def test_a_multi_process_launch_without_a_backend_is_refused(tmp_path):
+    config = tmp_path / "two.toml"
+    config.write_text(f'[model]\npretrained = "tiny-random"\n[run]\nnum_epochs = 1\noutput_dir = "{tmp_path / "runs"}"\n')
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--main_process_port", str(free_port()), "-m", "pxpo.cli", "train", str(config)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "ACCELERATE_USE_CPU"}
+    done = subprocess.run(launcher, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode != 0
+    assert "started 2 processes (WORLD_SIZE) but accelerate sees 1" in done.stderr + done.stdout
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing trained, no folder left
