@@ -314,3 +314,13 @@ def test_a_signal_ends_a_run_with_one_line_telling_how_to_resume(tmp_path, signa
     assert process.returncode == 130, err[-2000:]
     assert "Traceback" not in err
     assert f"Continue with: pxpo train --resume {tmp_path / 'runs' / 'long'}" in err
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    config = tmp_path / "quick.toml"
+    config.write_text(f'[model]\npretrained = "tiny-random"\n[run]\nnum_epochs = 1\noutput_dir = "{blocker}"\nname = "x"\n')
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pxpo train: error: ") and str(blocker) in err and "Traceback" not in err

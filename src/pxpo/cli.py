@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with log_above_bars():
             return COMMANDS[args.command](args)
-    except (ValueError, FileNotFoundError) as error:  # ConfigError and RewardError are ValueErrors
+    except (ValueError, OSError) as error:  # ConfigError and RewardError are ValueErrors; OSError: files and folders
         if args.verbose:
             raise
         print(f"pxpo {args.command}: error: {error}", file=sys.stderr)
