@@ -324,3 +324,18 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     assert main(["train", str(config)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pxpo train: error: ") and str(blocker) in err and "Traceback" not in err
+
+
+def test_sample_refuses_bad_options_before_loading_and_a_run_without_weights(tmp_path, capsys):
+    for args, message in [
+        (["--num-steps", "0"], "--num-steps 0: expected at least 1"),
+        (["--out", "x.xyz"], "--out 'x.xyz': expected a file name ending in .png"),
+        (["--eta", "1.5"], "--eta 1.5: expected a number in (0, 1]"),
+    ]:
+        assert main(["sample", "tiny-random", "--prompt", "p", *args]) == 2
+        assert message in capsys.readouterr().err
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text('[model]\npretrained = "tiny-random"\n')  # a run folder whose weights were never written
+    assert main(["sample", str(run), "--prompt", "p", "--out", str(tmp_path / "x.png")]) == 2
+    assert "has no trained weights (no lora/ nor unet/): nothing to sample" in capsys.readouterr().err
