@@ -339,3 +339,54 @@ def test_sample_refuses_bad_options_before_loading_and_a_run_without_weights(tmp
     (run / "config.toml").write_text('[model]\npretrained = "tiny-random"\n')  # a run folder whose weights were never written
     assert main(["sample", str(run), "--prompt", "p", "--out", str(tmp_path / "x.png")]) == 2
     assert "has no trained weights (no lora/ nor unet/): nothing to sample" in capsys.readouterr().err
+
+
+def test_training_settings_take_effect(make_config):
+    """gradient accumulation, inner epochs with clipping engaged, and a fraction of the steps."""
+    def run(**train):
+        name = "settings-" + "-".join(f"{k}{v}" for k, v in train.items())
+        config = make_config(sample={"num_steps": 4, "batch_size": 4}, train={"batch_size": 2, **train}, run={"num_epochs": 1, "name": name})
+        trainer = Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)
+        steps, calls = [], []
+        inner = trainer.optimizer.optimizer.step
+        trainer.optimizer.optimizer.step = lambda *a, **k: (steps.append(1), inner(*a, **k))
+        log_prob = trainer._log_prob
+        trainer._log_prob = lambda *a, **k: (calls.append(len(a[2])), log_prob(*a, **k))[1]
+        trajectories = trainer.sample(1)
+        heatmaps = trainer.reward(trajectories.images, trajectories.prompts, [{}] * 4)
+        from pxpo.trainer import Batch
+
+        stats = trainer.update(Batch(trajectories, heatmaps, trainer.advantages(heatmaps, trajectories.prompts)), 1)
+        return len(steps), sum(calls), stats
+
+    assert run()[:2] == (2, 16)  # 2 batches of 2 samples, 4 steps each: 2 optimizer steps, 16 (sample, step) pairs
+    assert run(gradient_accumulation_steps=2)[:2] == (1, 16)  # both batches summed into one step
+    assert run(timestep_fraction=0.5)[:2] == (2, 8)  # half of the steps of each sample
+    steps, pairs, stats = run(num_inner_epochs=2, learning_rate=0.1, clip_range=1e-6)
+    assert (steps, pairs) == (4, 32) and stats["clipfrac"] > 0 and stats["approx_kl"] > 0  # the second pass is off-policy
+
+
+def test_per_prompt_statistics_survive_a_resume(make_config, tmp_path):
+    prompts = {"sample": {"prompts": ["red taxi in traffic", "nature landscape"], "num_steps": 2, "batch_size": 4},
+               "train": {"batch_size": 4}, "advantage": {"normalization": "per_prompt", "per_prompt_min_count": 2}}  # fmt: skip
+    straight = Trainer(make_config(**prompts, run={"num_epochs": 3, "name": "straight"}), pipeline=build_tiny_pipeline(0), progress=False)
+    straight.train()
+    Trainer(make_config(**prompts, run={"num_epochs": 2, "name": "cut"}), pipeline=build_tiny_pipeline(0), progress=False).train()
+    resumed = Trainer(make_config(**prompts, run={"num_epochs": 3, "name": "cut"}), pipeline=build_tiny_pipeline(0),
+                      run_dir=tmp_path / "runs" / "cut", resume=True, progress=False)  # fmt: skip
+    assert resumed.tracker.state_dict() and resumed.start_epoch == 3
+    resumed.train()
+    a, b = resumed.tracker.state_dict(), straight.tracker.state_dict()
+    assert a.keys() == b.keys()
+    for prompt in a:
+        torch.testing.assert_close(torch.tensor(a[prompt]), torch.tensor(b[prompt]), rtol=1e-5, atol=1e-7)
+
+
+def test_full_denoiser_fine_tuning_writes_a_folder_that_pxpo_sample_loads(make_config, tmp_path):
+    trainer = Trainer(make_config(model={"lora": False}, train={"learning_rate": 1e-4}, run={"num_epochs": 1}),
+                      pipeline=build_tiny_pipeline(0), progress=False)  # fmt: skip
+    trainer.train()
+    assert (trainer.run.path / "unet" / "config.json").is_file() and not trainer.run.lora.exists()
+    out = tmp_path / "full.png"
+    assert main(["sample", str(trainer.run.path), "--prompt", "red taxi in traffic", "--num-steps", "2", "--out", str(out)]) == 0
+    assert out.is_file()
