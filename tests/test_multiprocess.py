@@ -53,3 +53,40 @@ def test_a_multi_process_launch_without_a_backend_is_refused(tmp_path):
     assert done.returncode != 0
     assert "started 2 processes (WORLD_SIZE) but accelerate sees 1" in done.stderr + done.stdout
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing trained, no folder left
+
+
+def test_workers_stop_within_seconds_when_their_launcher_is_killed(tmp_path):
+    import signal
+    import time
+
+    config = tmp_path / "long.toml"
+    config.write_text(
+        '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\n'
+        f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 1000\noutput_dir = "{tmp_path / "runs"}"\nname = "orphans"\n'
+    )
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+         str(free_port()), "-m", "pxpo.cli", "train", str(config)],
+        env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    metrics = tmp_path / "runs" / "orphans" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 2):
+        time.sleep(0.2)
+    workers = [int(pid) for pid in subprocess.run(["pgrep", "-P", str(launcher.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2
+    launcher.send_signal(signal.SIGKILL)
+    launcher.wait()
+    killed_at = time.time()
+
+    def alive(pid):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+
+    while any(alive(pid) for pid in workers) and time.time() < killed_at + 30:
+        time.sleep(0.2)
+    assert not any(alive(pid) for pid in workers), "workers trained on without their launcher"
+    assert time.time() - killed_at < 15

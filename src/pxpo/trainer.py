@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -63,6 +64,21 @@ EpochCallback = Callable[["Trainer", dict], None]
 def process_state() -> PartialState:
     """accelerate's process state, set up as the Accelerator will set it up (ACCELERATE_USE_CPU: gloo on CPUs)."""
     return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def stop_when_orphaned(interval: float = 1.0) -> None:
+    """In a launched worker: exit within ``interval`` seconds once the launcher is gone (``kill -9`` of ``accelerate
+    launch`` leaves its workers re-parented and training on). Its checkpoints are intact; ``--resume`` continues."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                logger.error("the launcher (process %d) is gone: this worker stops; continue with pxpo train --resume", parent)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="pxpo-orphan-watchdog", daemon=True).start()
 
 
 def check_launch(config: Config) -> None:
@@ -178,6 +194,8 @@ class Trainer:
         )
         if self.accelerator.is_main_process:
             self.run.lock()  # one writer per run folder, from here until this process ends
+        if self.accelerator.num_processes > 1:
+            stop_when_orphaned()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained, single_file_config=config.model.single_file_config)
         self.family = family_for(self.pipe)
         self.latent_shape = self.family.latent_shape(config.sample.height, config.sample.width)  # checks the size first
