@@ -188,3 +188,15 @@ def test_a_launch_whose_process_count_accelerate_does_not_see_is_refused(make_co
     monkeypatch.setenv("WORLD_SIZE", "2")  # what `accelerate launch --multi_gpu` without a GPU backend leaves each process
     with pytest.raises(ConfigError, match="started 2 processes \\(WORLD_SIZE\\) but accelerate sees 1: each would train alone"):
         Trainer(make_config(), progress=False)
+
+
+def test_example_accelerate_configs_parse():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    files = sorted((Path(__file__).parents[1] / "configs" / "accelerate").glob("*.yaml"))
+    assert {f.stem for f in files} == {"ddp", "multi_node_ddp", "deepspeed_zero2", "fsdp"}
+    for path in files:
+        config = load_config_from_file(str(path))
+        assert config.num_processes > 1 and config.mixed_precision == "bf16", path

@@ -7,6 +7,7 @@ import torch
 from safetensors.torch import load_file
 
 from pxpo.cli import main
+from pxpo.config import ConfigError
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
 
@@ -421,3 +422,20 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_runs_lora_exactly(tm
     a = load_file(tmp_path / "runs" / "straight" / "lora" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "runs" / "killed" / "lora" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_a_rerun(make_config, caplog):
+    import logging
+
+    def broken(images, prompts, metadata):
+        raise RuntimeError("the reward model crashed")
+
+    config = make_config(run={"num_epochs": 2, "name": "again", "checkpoint_every": 2})
+    with pytest.raises(RuntimeError, match="crashed"):
+        Trainer(config, reward_fn=broken, pipeline=build_tiny_pipeline(0), progress=False).train()
+    with caplog.at_level(logging.WARNING):
+        again = Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)  # the same run name
+    assert "failed before its first checkpoint: starting afresh" in caplog.text
+    assert [m["epoch"] for m in again.train()] == [0, 1, 2]
+    with pytest.raises(ConfigError, match="already exists and is not empty"):  # a run with checkpoints is never cleared
+        Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)

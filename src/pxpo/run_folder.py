@@ -116,6 +116,12 @@ class RunFolder:
                     removed.append(entry)
         return removed
 
+    def clear(self) -> None:
+        """Delete everything but the lock (call with the lock held)."""
+        for entry in self.path.iterdir():
+            if entry.name != LOCK_NAME:
+                shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
     def is_empty(self) -> bool:
         """No files but (perhaps) the lock: a folder a failed start left behind can be used again."""
         return not self.path.exists() or all(p.name == LOCK_NAME for p in self.path.iterdir())

@@ -193,7 +193,7 @@ class Trainer:
             project_dir=str(self.run.path / "trackers"),
         )
         if self.accelerator.is_main_process:
-            self.run.lock()  # one writer per run folder, from here until this process ends
+            self.run.lock()  # one writer per run folder, from here until this process ends (a no-op if taken above)
         if self.accelerator.num_processes > 1:
             stop_when_orphaned()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained, single_file_config=config.model.single_file_config)
@@ -255,7 +255,13 @@ class Trainer:
         if resume:
             if not run.config.exists():
                 raise ConfigError(f"cannot resume {str(run.path)!r}: it has no config.toml (not a run folder)")
-        elif not run.is_empty():
+            return run
+        if process_state().is_main_process:
+            run.lock()  # before looking inside: a run starting at the same moment cannot slip in between
+            if not run.is_empty() and not run.list_checkpoints() and run.config.exists() and not run.lora.exists():
+                logger.warning("%s holds a start that failed before its first checkpoint: starting afresh", run.path)
+                run.clear()
+        if not run.is_empty():
             raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
         return run
 
