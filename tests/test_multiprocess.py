@@ -90,3 +90,54 @@ def test_workers_stop_within_seconds_when_their_launcher_is_killed(tmp_path):
         time.sleep(0.2)
     assert not any(alive(pid) for pid in workers), "workers trained on without their launcher"
     assert time.time() - killed_at < 15
+
+
+def test_a_two_process_update_equals_the_one_process_update_over_the_union_of_the_data(tmp_path):
+    from safetensors import safe_open
+
+    from pxpo.config import load_config
+    from pxpo.models import trainable_state_dict
+    from pxpo.sampling import Conditioning, Trajectories
+    from pxpo.trainer import Batch, Trainer
+
+    def write(name, batch):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            f'[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = {batch}\n'
+            f'[train]\nbatch_size = {batch}\nlearning_rate = 1e-2\ntimesteps_per_forward = 3\nadam_epsilon = 1e-3\n'
+            f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "{name}"\n'
+        )
+        return path
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                str(free_port()), str(HERE / "two_process_update.py"), str(write("two", 2)), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(launcher, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    parts, prompts = [load_file(tmp_path / f"batch{r}.safetensors") for r in (0, 1)], []
+    for r in (0, 1):
+        with safe_open(str(tmp_path / f"batch{r}.safetensors"), "pt") as f:
+            prompts += json.loads(f.metadata()["prompts"])
+    union = {k: torch.cat([p[k] for p in parts]) for k in parts[0] if k != "timesteps"}
+    trajectories = Trajectories(
+        prompts=prompts,
+        conditioning=Conditioning({k.split(".", 1)[1]: v for k, v in union.items() if k.startswith("conditioning.")}),
+        timesteps=parts[0]["timesteps"], latents=union["latents"], log_probs=union["log_probs"], images=union["images"],
+    )  # fmt: skip
+    one = Trainer(load_config(write("one", 4)), progress=False)  # the same LoRA initialisation (run.seed)
+    one.family.set_timesteps(3, one.latent_shape)  # as sampling leaves the scheduler
+    # the ranks normalised their advantages with statistics over both ranks' samples: as one process does over the union
+    torch.testing.assert_close(one.advantages(union["heatmaps"], prompts), union["advantages"], rtol=1e-5, atol=1e-6)
+    before = {k: v.clone() for k, v in trainable_state_dict(one.denoiser).items()}
+    one.update(Batch(trajectories, union["heatmaps"], union["advantages"]), 1)
+    after = trainable_state_dict(one.denoiser)
+    rank0, rank1 = load_file(tmp_path / "after0.safetensors"), load_file(tmp_path / "after1.safetensors")
+    assert union["latents"].shape[0] == 4 and union["advantages"].abs().sum() > 0
+    assert any(not torch.equal(before[k], after[k]) for k in after)  # the update moved the weights
+    for key, value in after.items():
+        assert torch.equal(rank0[key], rank1[key]), key
+        # float rounding: the all-reduce and batches of 2 against 4 sum in other orders. adam_epsilon = 1e-3 keeps Adam's
+        # first step (lr g / (|g| + eps), up to 1e-2 here) from blowing up the rounding of gradients near zero; a wrong
+        # normalisation or a sum where a mean belongs would be off by a good part of a step, far above 1e-5
+        torch.testing.assert_close(rank0[key], value, rtol=1e-3, atol=1e-5)
