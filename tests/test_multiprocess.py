@@ -141,3 +141,46 @@ def test_a_two_process_update_equals_the_one_process_update_over_the_union_of_th
         # first step (lr g / (|g| + eps), up to 1e-2 here) from blowing up the rounding of gradients near zero; a wrong
         # normalisation or a sum where a mean belongs would be off by a good part of a step, far above 1e-5
         torch.testing.assert_close(rank0[key], value, rtol=1e-3, atol=1e-5)
+
+
+def test_two_process_kill_9_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path):
+    import signal
+    import time
+
+    def config(name):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\nlearning_rate = 1e-2\n'
+            f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 4\ncheckpoint_every = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "{name}"\n'
+        )
+        return str(path)
+
+    def launch(*args):
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                   str(free_port()), "-m", "pxpo.cli", "train", *args]  # fmt: skip
+        env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+    straight = launch(config("straight"))
+    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
+    victim = launch(config("killed"))
+    metrics = tmp_path / "runs" / "killed" / "metrics.jsonl"
+    deadline = time.time() + 300
+    while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
+        time.sleep(0.05)
+    workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(victim.pid)], capture_output=True, text=True).stdout.split()]
+    time.sleep(0.3)  # inside epoch 3
+    victim.send_signal(signal.SIGKILL)
+    victim.wait()
+    for pid in workers:  # the workers stop by themselves (their launcher is gone); wait for them to let go of the folder
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.2)
+    resumed = launch("--resume", str(tmp_path / "runs" / "killed"))
+    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    a = load_file(tmp_path / "runs" / "straight" / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "runs" / "killed" / "lora" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit

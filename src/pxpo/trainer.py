@@ -91,9 +91,9 @@ def check_launch(config: Config) -> None:
             "alone. On GPUs: accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG; on CPUs: "
             "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG"
         )
-    if state.num_processes > 1 and config.sample.single_image_seed is not None:
+    if state.num_processes > 1 and (config.sample.single_image_seed is not None or config.reward.name == "folder_feedback"):
         raise ConfigError(
-            f"single-image mode (human feedback) runs in one process; this launch has {state.num_processes}: "
+            f"human feedback (single-image mode, the folder protocol) runs in one process; this launch has {state.num_processes}: "
             "the other ranks would train on images nobody saw"
         )
 
