@@ -200,3 +200,19 @@ def test_example_accelerate_configs_parse():
     for path in files:
         config = load_config_from_file(str(path))
         assert config.num_processes > 1 and config.mixed_precision == "bf16", path
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"sample": {"height": 64}}, "sample.height = 64, sample.width = None: set both or neither"),
+        ({"train": {"learning_rate": float("inf")}}, "train.learning_rate: Input should be a finite number"),
+        ({"run": {"seed": -1}}, "run.seed: Input should be greater than or equal to 0"),
+        ({"sample": {"batch_size": 6, "group_size": 4}}, "sample.group_size = 4 must divide sample.batch_size = 6"),
+        ({"advantage": {"normalization": "group"}}, "needs sample.group_size >= 2"),
+        ({"train": {"kl_coef": 0.1}, "model": {"lora": False}}, "train.kl_coef = 0.1 needs model.lora = true"),
+    ],
+)
+def test_settings_that_used_to_fail_late_are_refused_up_front(data, message):
+    with pytest.raises(ConfigError, match=message.replace("(", "\\(").replace(")", "\\)").replace(".", "\\.")):
+        validate_config(data)

@@ -262,7 +262,8 @@ def test_a_bad_prompt_fn_is_named(make_config):
         trainer.sample(1)
 
 
-def test_resume_repairs_what_a_crash_left_and_falls_back_past_a_damaged_checkpoint(make_config, tmp_path, caplog):
+@pytest.mark.parametrize("damaged", ["trainable.safetensors", "optimizer.safetensors", "state.json"])
+def test_resume_repairs_what_a_crash_left_and_falls_back_past_a_damaged_checkpoint(make_config, tmp_path, caplog, damaged):
     import logging
     import shutil
 
@@ -274,7 +275,7 @@ def test_resume_repairs_what_a_crash_left_and_falls_back_past_a_damaged_checkpoi
     run = trainer.run
     epoch_1 = load_file(run.checkpoints / "epoch_0001" / "trainable.safetensors")
     # what kill -9 at bad moments leaves: a half-written newest checkpoint, temporary folders, no lora/ (killed mid-swap)
-    (run.checkpoints / "epoch_0002" / "trainable.safetensors").write_bytes(b"\x00" * 10)
+    (run.checkpoints / "epoch_0002" / damaged).write_bytes(b"\x00" * 10 if damaged != "state.json" else b"{")
     (run.path / ".lora.tmp-abc123").mkdir()
     (run.path / ".lora.old-def456").mkdir()
     (run.checkpoints / ".epoch_0003.tmp-x").mkdir()
@@ -439,3 +440,30 @@ def test_a_run_that_failed_before_its_first_checkpoint_does_not_block_a_rerun(ma
     assert [m["epoch"] for m in again.train()] == [0, 1, 2]
     with pytest.raises(ConfigError, match="already exists and is not empty"):  # a run with checkpoints is never cleared
         Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_and_the_older_checkpoint_stays(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import pxpo.run_folder
+
+    config = tmp_path / "disk.toml"
+    config.write_text(
+        '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 2\nbatch_size = 2\n[train]\nbatch_size = 2\n[eval]\nseeds = [0]\n'
+        f'[run]\nnum_epochs = 2\ncheckpoint_every = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "disk"\n'
+    )
+    real, calls = pxpo.run_folder.save_file, []
+
+    def fill_up(tensors, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) > 2:  # the second checkpoint: the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(pxpo.run_folder, "save_file", fill_up)
+    assert main(["train", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    run = tmp_path / "runs" / "disk"
+    assert [p.name for p in (run / "checkpoints").iterdir() if not p.name.startswith(".")] == ["epoch_0001"]
+    load_file(run / "checkpoints" / "epoch_0001" / "trainable.safetensors")  # intact
