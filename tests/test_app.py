@@ -19,6 +19,8 @@ from pxpo.world.architecture import build_tiny_pipeline
 pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
 
 MODEL = "tiny-random"
+BASE = "http://127.0.0.1:8000"  # the app serves loopback names only
+OCTET = {"Content-Type": "application/octet-stream"}
 
 
 def painted(width=64, height=64):
@@ -30,7 +32,7 @@ def painted(width=64, height=64):
 
 @pytest.fixture
 def client(tmp_path):
-    with TestClient(create_app(tmp_path / "sessions", default_model=MODEL, timesteps_per_forward=20)) as c:
+    with TestClient(create_app(tmp_path / "sessions", default_model=MODEL, timesteps_per_forward=20), base_url=BASE) as c:
         yield c
 
 
@@ -54,7 +56,7 @@ def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
     assert image0.status_code == 200 and image0.headers["content-type"] == "image/png"
 
     values = painted()
-    response = client.post("/api/sessions/s1/train?width=64&height=64", content=values.tobytes())
+    response = client.post("/api/sessions/s1/train?width=64&height=64", content=values.tobytes(), headers=OCTET)
     assert response.status_code == 200, response.text
     state = response.json()
     assert state["step"] == 1 and len(state["history"]) == 1
@@ -88,7 +90,7 @@ def test_bad_uploads_get_4xx_and_the_app_keeps_serving(client):
         (f"{url}?width=abc&height=64", b"", 422, ""),
     ]
     for path, body, status, message in cases:
-        response = client.post(path, content=body)
+        response = client.post(path, content=body, headers=OCTET)
         assert response.status_code == status, (path, response.text)
         assert message in response.text
     assert client.post("/api/sessions", json={"name": "s2", "prompt": "", "seed": 0}).status_code == 400
@@ -102,22 +104,22 @@ def test_a_second_request_while_training_is_answered_busy(client):
     manager = client.app.state.manager
     assert manager.lock.acquire(blocking=False)  # as if a step were running
     try:
-        response = client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes())
+        response = client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes(), headers=OCTET)
         assert response.status_code == 409 and "busy" in response.json()["detail"]
         assert client.post("/api/sessions", json={"name": "s3", "prompt": "p", "seed": 0}).status_code == 409
     finally:
         manager.lock.release()
-    assert client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes()).status_code == 200
+    assert client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes(), headers=OCTET).status_code == 200
 
 
 def test_restart_continues_the_session_where_it_stopped(tmp_path):
     sessions = tmp_path / "sessions"
-    with TestClient(create_app(sessions, default_model=MODEL)) as first:
+    with TestClient(create_app(sessions, default_model=MODEL), base_url=BASE) as first:
         start(first)
-        first.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes())
+        first.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes(), headers=OCTET)
     saved_image = np.asarray(Image.open(sessions / "s1" / "eval" / "epoch_0001" / "seed_0003.png"))
 
-    with TestClient(create_app(sessions, default_model=MODEL)) as second:  # a new process would see the same
+    with TestClient(create_app(sessions, default_model=MODEL), base_url=BASE) as second:  # a new process would see the same
         assert second.get("/api/sessions/s1").json()["step"] == 1
         state = second.post("/api/sessions", json={"name": "s1"}).json()
         assert state["step"] == 1 and state["prompt"] == "nature landscape" and state["seed"] == 3
@@ -125,8 +127,8 @@ def test_restart_continues_the_session_where_it_stopped(tmp_path):
         # The restored weights regenerate exactly the image the person saw before the restart.
         regenerated = np.asarray(to_pil(session.trainer.eval_images(1)[0]))
         assert np.abs(regenerated.astype(int) - saved_image).max() <= 1
-        assert second.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes()).json()["step"] == 2
-        export = second.post("/api/sessions/s1/export").json()
+        assert second.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes(), headers=OCTET).json()["step"] == 2
+        export = second.post("/api/sessions/s1/export", json={}).json()
     assert Image.open(export["figure"]).size[0] > 100
     pipe = build_tiny_pipeline(0)
     pipe.load_lora_weights(export["lora"])  # the session is a normal run folder
@@ -199,3 +201,51 @@ def test_single_image_mode_trains_the_image_that_was_shown(tmp_path):
     torch.testing.assert_close(first.images, shown)  # epoch 1 trains exactly that trajectory
     torch.testing.assert_close(second.latents[:, 0], first.latents[:, 0])  # the same initial noise every epoch
     assert not torch.equal(second.latents[:, -1], first.latents[:, -1])  # fresh noise for the steps
+
+
+def test_an_untrained_session_survives_a_restart_with_its_step_0(tmp_path):
+    sessions = tmp_path / "sessions"
+    with TestClient(create_app(sessions, default_model=MODEL), base_url=BASE) as first:
+        start(first)  # opened, never trained
+    metrics = (sessions / "s1" / "metrics.jsonl").read_text()
+    with TestClient(create_app(sessions, default_model=MODEL), base_url=BASE) as second:
+        state = second.post("/api/sessions", json={"name": "s1"}).json()
+        assert state["step"] == 0 and second.get("/api/sessions/s1/image/0").status_code == 200
+        assert (sessions / "s1" / "metrics.jsonl").read_text() == metrics  # epoch 0's record kept
+        trained = second.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers=OCTET)
+        assert trained.status_code == 200 and trained.json()["step"] == 1
+    assert (sessions / "s1" / "feedback" / "step_0000.feedback.png").is_file()
+    assert not list((sessions / "s1" / "feedback").glob("step_-*"))
+
+
+def test_a_stale_map_gets_409_and_an_empty_map_is_refused(client):
+    start(client)
+    assert client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers=OCTET).status_code == 200
+    stale = client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers=OCTET)
+    assert stale.status_code == 409 and "painted on step 0, but the session is at step 1" in stale.json()["detail"]
+    empty = client.post("/api/sessions/s1/train?width=64&height=64&step=1", content=bytes(64 * 64), headers=OCTET)
+    assert empty.status_code == 400 and "paint something first" in empty.json()["detail"]
+    assert client.get("/api/sessions/s1").json()["step"] == 1  # neither trained
+
+
+def test_names_seeds_and_prompts_are_checked_before_anything_is_written(client, tmp_path):
+    assert client.post("/api/sessions", json={"name": "nl\n", "prompt": "p", "seed": 1}).status_code == 400
+    big = client.post("/api/sessions", json={"name": "big", "prompt": "nature landscape", "seed": 2**64})
+    assert big.status_code == 400 and "expected a whole number from 0 to" in big.json()["detail"]
+    assert not (tmp_path / "sessions" / "big").exists() and not (tmp_path / "sessions" / "nl\n").exists()
+    tex = client.post("/api/sessions", json={"name": "tex", "prompt": "a $\\frac{$ lake", "seed": 1})  # prompts are plain text
+    assert tex.status_code == 200 and tex.json()["step"] == 0
+
+
+def test_cross_site_requests_and_other_host_names_are_refused(client, tmp_path):
+    start(client)
+    assert client.get("/api/sessions", headers={"Host": "evil.example"}).status_code == 403  # DNS rebinding
+    evil = client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(),
+                       headers={**OCTET, "Origin": "http://evil.example"})  # fmt: skip
+    assert evil.status_code == 403
+    simple = client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers={"Content-Type": "text/plain"})
+    assert simple.status_code == 415  # a type a form could send without a preflight
+    assert client.get("/api/sessions/s1").json()["step"] == 0  # nothing was trained
+    same = client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(),
+                       headers={**OCTET, "Origin": BASE})  # fmt: skip
+    assert same.status_code == 200

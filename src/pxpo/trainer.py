@@ -271,9 +271,10 @@ class Trainer:
             for leftover in self.run.remove_leftovers():
                 logger.info("removed %s (left by an interrupted write)", leftover)
         checkpoints = self.run.list_checkpoints()
-        if not checkpoints:
-            logger.warning("%s has no checkpoint: starting from epoch 1", self.run.path)
-            self.run.write_metrics([])
+        if not checkpoints:  # keep epoch 0's evaluation (an app session that was opened but never trained shows it)
+            logger.info("%s has no checkpoint: starting from epoch 1", self.run.path)
+            if self.accelerator.is_main_process:
+                self.run.write_metrics([m for m in self.run.read_metrics() if m["epoch"] == 0])
             return
         for path in reversed(checkpoints):
             try:

@@ -16,6 +16,7 @@ API (JSON unless said):
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -25,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 from pxpo.app.sessions import SessionError, SessionManager, parse_painted_map
 
 STATIC = Path(__file__).parent / "static"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 MAX_UPLOAD_BYTES = 4 * 2**20  # a 2048 x 2048 map
 
 
@@ -37,12 +39,39 @@ class OpenSession(BaseModel):
 
 
 def create_app(
-    sessions_dir: str | Path, default_model: str = "pxpo-tiny", max_upload_bytes: int = MAX_UPLOAD_BYTES, timesteps_per_forward: int = 1
+    sessions_dir: str | Path,
+    default_model: str = "pxpo-tiny",
+    max_upload_bytes: int = MAX_UPLOAD_BYTES,
+    timesteps_per_forward: int = 1,
+    allowed_hosts: tuple[str, ...] = (),
 ) -> FastAPI:
-    """The app, serving sessions under ``sessions_dir``."""
+    """The app, serving sessions under ``sessions_dir``.
+
+    Requests must name a loopback host (or one of ``allowed_hosts``, e.g. the address given to --host); state-changing
+    requests from another origin, or with a content type a form could send (which browsers do not preflight), are refused.
+    """
     manager = SessionManager(sessions_dir, default_model, timesteps_per_forward)
     app = FastAPI(title="pxpo human feedback", docs_url=None, redoc_url=None)
     app.state.manager = manager
+    hosts = set(LOOPBACK_HOSTS) | set(allowed_hosts)
+
+    @app.middleware("http")
+    async def same_origin_only(request: Request, call_next):
+        """Refuse other sites' pages (cross-site requests) and other names for this address (DNS rebinding)."""
+        netloc = request.headers.get("host") or ""
+        host = urlsplit(f"//{netloc}").hostname or ""
+        if "*" not in hosts and host not in {h.strip("[]") for h in hosts}:
+            return JSONResponse({"detail": f"host {host!r} is not served here (allowed: {', '.join(sorted(hosts))})"}, status_code=403)
+        if request.method not in ("GET", "HEAD", "OPTIONS"):
+            origin = request.headers.get("origin")
+            if origin is not None and urlsplit(origin).netloc != netloc:
+                return JSONResponse({"detail": f"requests from {origin} are refused: the pxpo app takes requests from its own page"},
+                                    status_code=403)  # fmt: skip
+            kind = (request.headers.get("content-type") or "").split(";")[0].strip().lower()
+            if kind not in ("application/json", "application/octet-stream"):
+                return JSONResponse({"detail": f"content type {kind or 'none'!r}: expected application/json or application/octet-stream"},
+                                    status_code=415)  # fmt: skip
+        return await call_next(request)
 
     @app.exception_handler(SessionError)
     def session_error(request: Request, error: SessionError) -> JSONResponse:
@@ -88,14 +117,14 @@ def create_app(
         return FileResponse(session.image_path(step), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/sessions/{name}/train")
-    async def train(name: str, request: Request, width: int, height: int) -> dict:
+    async def train(name: str, request: Request, width: int, height: int, step: int | None = None) -> dict:
         declared = int(request.headers.get("content-length") or 0)
         if declared > max_upload_bytes:
             raise SessionError(f"feedback of {declared} bytes: the limit is {max_upload_bytes}", status=413)
         body = await request.body()
         session = manager.get(name)
         values = parse_painted_map(body, width, height, session.image_size(), max_upload_bytes)
-        return await run_in_threadpool(locked, lambda: session.train_step(values))
+        return await run_in_threadpool(locked, lambda: session.train_step(values, painted_on=step))
 
     @app.post("/api/sessions/{name}/export")
     def export(name: str) -> dict:
@@ -112,5 +141,7 @@ def serve(
     """Run the app with uvicorn (blocking)."""
     import uvicorn
 
-    app = create_app(sessions_dir, default_model, timesteps_per_forward=timesteps_per_forward)
+    # an address given with --host is served under that name too; 0.0.0.0 (every interface) under any name
+    extra = ("*",) if host in ("0.0.0.0", "::") else () if host in ("127.0.0.1", "localhost", "::1") else (host,)
+    app = create_app(sessions_dir, default_model, timesteps_per_forward=timesteps_per_forward, allowed_hosts=extra)
     uvicorn.run(app, host=host, port=port, log_level="info")

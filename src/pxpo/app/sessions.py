@@ -25,7 +25,8 @@ from pxpo.plots import pick_columns, plot_image_grid
 from pxpo.rewards.human import ALLOWED_VALUES, PaintedFeedback, decode_feedback, encode_feedback, overlay_feedback
 from pxpo.run_folder import RunFolder
 
-SESSION_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # matched in full (fullmatch): no trailing newline
+MAX_SEED = 2**63 - 1
 
 
 class SessionError(ValueError):
@@ -94,9 +95,17 @@ class Session:
         with Image.open(self.image_path(0)) as image:
             return image.size
 
-    def train_step(self, values: np.ndarray) -> dict:
-        """Train one epoch on the map painted on the current image; return the new state."""
+    def train_step(self, values: np.ndarray, painted_on: int | None = None) -> dict:
+        """Train one epoch on the map painted on image ``painted_on`` (the current one); return the new state.
+
+        A map painted on an image that is no longer current (a stale tab) is refused with 409; an empty map with 400.
+        """
         step = self.step
+        if painted_on is not None and painted_on != step:
+            raise SessionError(f"this map was painted on step {painted_on}, but the session is at step {step}: "
+                               "the page now shows the current image", status=409)  # fmt: skip
+        if not np.any(values):
+            raise SessionError("paint something first: an empty map would train nothing")
         save_image(encode_feedback(values), self.feedback_path(step))
         self.feedback.set(values)
         self.trainer.step(step + 1)  # checkpoint_every = 1: every step is saved
@@ -159,7 +168,7 @@ class SessionManager:
         self.lock = threading.Lock()
 
     def folder(self, name: str) -> Path:
-        if not isinstance(name, str) or not SESSION_NAME.match(name):
+        if not isinstance(name, str) or not SESSION_NAME.fullmatch(name):
             raise SessionError(f"session name {name!r}: expected 1-64 letters, digits, '-' or '_' (starting with a letter or digit)")
         folder = (self.root / name).resolve()
         if folder.parent != self.root:
@@ -189,8 +198,8 @@ class SessionManager:
         else:
             if not prompt or not prompt.strip():
                 raise SessionError("a new session needs a prompt")
-            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-                raise SessionError(f"seed {seed!r}: expected a whole number >= 0")
+            if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
+                raise SessionError(f"seed {seed!r}: expected a whole number from 0 to {MAX_SEED}")
             config = session_config(model or self.default_model, prompt.strip(), seed, folder, timesteps_per_forward=self.timesteps_per_forward)
             trainer = Trainer(config, reward_fn=feedback, run_dir=folder, progress=False)
             trainer.begin()
