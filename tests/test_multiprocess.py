@@ -159,11 +159,13 @@ def test_two_process_kill_9_then_resume_gives_the_uninterrupted_runs_lora_exactl
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
                    str(free_port()), "-m", "pxpo.cli", "train", *args]  # fmt: skip
         env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
-        return subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     straight = launch(config("straight"))
-    assert straight.wait(timeout=600) == 0, straight.stderr.read()[-2000:]
-    victim = launch(config("killed"))
+    out, err = straight.communicate(timeout=600)
+    assert straight.returncode == 0, err[-2000:]
+    assert out.count("run folder:") == 1  # the main process prints the summary, once
+    victim = launch(config("killed"))  # (its pipes stay unread: it is killed long before they fill)
     metrics = tmp_path / "runs" / "killed" / "metrics.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
@@ -180,7 +182,18 @@ def test_two_process_kill_9_then_resume_gives_the_uninterrupted_runs_lora_exactl
                 break
             time.sleep(0.2)
     resumed = launch("--resume", str(tmp_path / "runs" / "killed"))
-    assert resumed.wait(timeout=600) == 0, resumed.stderr.read()[-2000:]
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err[-2000:]
     a = load_file(tmp_path / "runs" / "straight" / "lora" / "pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "runs" / "killed" / "lora" / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit for bit
+
+
+def test_human_feedback_refuses_several_processes(tmp_path):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                str(free_port()), "-m", "pxpo.cli", "train", str(HERE.parent / "configs" / "human_sim_more_trees.toml"),
+                "--set", f"run.output_dir={str(tmp_path)!r}"]  # fmt: skip
+    done = subprocess.run(launcher, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode != 0
+    assert "human feedback (single-image mode, the folder protocol) runs in one process; this launch has 2" in done.stderr
