@@ -16,10 +16,7 @@ accumulation.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
-import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,28 +25,28 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import broadcast_object_list, gather_object, parse_flag_from_env
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list, gather_object
 from diffusers import DiffusionPipeline
 from diffusers.training_utils import cast_training_params
 from safetensors import SafetensorError
-from pxpo.progress import bar
 
 from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
 from pxpo.config import Config, ConfigError, RewardConfig
 from pxpo.families import family_for
 from pxpo.io import atomic_directory, atomic_write_text
+from pxpo.launch import check_launch, check_trackers, flat_config, process_state, stop_when_orphaned
 from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
 from pxpo.models import load_pipeline, load_trainable_state_dict, trainable_state_dict
+from pxpo.progress import bar
 from pxpo.reporting import Reporter, eval_prompts
-from pxpo.rewards import RewardFn, WeightedReward, check_heatmaps, load_reward, weighted_reward
+from pxpo.rewards import RewardFn, WeightedReward, build_reward, check_heatmaps, injected_reward_name
 from pxpo.run_folder import RunFolder, to_pil
 from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_trajectories
 
 logger = logging.getLogger(__name__)
 
 _PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3}
-INJECTED_PREFIX = "injected:"
 
 
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
@@ -59,74 +56,6 @@ def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
 
 PromptFn = Callable[[torch.Generator], tuple[str, dict]]
 EpochCallback = Callable[["Trainer", dict], None]
-
-
-def process_state() -> PartialState:
-    """accelerate's process state, set up as the Accelerator will set it up (ACCELERATE_USE_CPU: gloo on CPUs)."""
-    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
-
-
-def stop_when_orphaned(interval: float = 1.0) -> None:
-    """In a launched worker: exit within ``interval`` seconds once the launcher is gone (``kill -9`` of ``accelerate
-    launch`` leaves its workers re-parented and training on). Its checkpoints are intact; ``--resume`` continues."""
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(interval)
-            if os.getppid() != parent:
-                logger.error("the launcher (process %d) is gone: this worker stops; continue with pxpo train --resume", parent)
-                os._exit(1)
-
-    threading.Thread(target=watch, name="pxpo-orphan-watchdog", daemon=True).start()
-
-
-def check_launch(config: Config) -> None:
-    """Refuse launches that would go wrong silently: accelerate's process count must match the launcher's."""
-    state = process_state()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world != state.num_processes:
-        raise ConfigError(
-            f"the launcher started {world} processes (WORLD_SIZE) but accelerate sees {state.num_processes}: each would train "
-            "alone. On GPUs: accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG; on CPUs: "
-            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG"
-        )
-    if state.num_processes > 1 and (config.sample.single_image_seed is not None or config.reward.name == "folder_feedback"):
-        raise ConfigError(
-            f"human feedback (single-image mode, the folder protocol) runs in one process; this launch has {state.num_processes}: "
-            "the other ranks would train on images nobody saw"
-        )
-
-
-def check_trackers(names: Sequence[str]) -> None:
-    """Each tracker's package must be importable: say which to install before any work."""
-    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow", "aim": "aim",
-                "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
-    for name in names:
-        if importlib.util.find_spec(packages[name]) is None:
-            raise ConfigError(f"run.log_with = {list(names)}: {name!r} needs its package: pip install {packages[name]}")
-
-
-def flat_config(config: Config) -> dict[str, int | float | str | bool]:
-    """The config as flat ``section.key`` values (lists and tables as TOML-ish text), for trackers' hyperparameters."""
-    flat = {}
-    for section, values in config.model_dump(mode="json").items():
-        for key, value in values.items():
-            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
-    return flat
-
-
-def build_reward(config: RewardConfig) -> RewardFn:
-    """The reward the config names: one registered or module reward, or the weighted sum of ``terms``."""
-    if config.terms:
-        return weighted_reward([term.model_dump() for term in config.terms])
-    return load_reward(config.name, **config.kwargs)
-
-
-def injected_reward_name(reward_fn) -> str:
-    """How a reward passed as ``Trainer(reward_fn=...)`` is recorded in the run's config: ``injected:module.qualname``."""
-    kind = reward_fn if callable(reward_fn) and hasattr(reward_fn, "__qualname__") else type(reward_fn)
-    return f"{INJECTED_PREFIX}{getattr(kind, '__module__', '?')}.{kind.__qualname__}"
 
 
 @dataclass
@@ -179,7 +108,7 @@ class Trainer:
         self.progress = progress
         self.prompt_fn = prompt_fn
         self.callbacks = list(callbacks)
-        self.reward_fn = reward_fn or build_reward(config.reward)
+        self.reward_fn = reward_fn or build_reward(config.reward.name, config.reward.kwargs, [t.model_dump() for t in config.reward.terms])
         self.reward_name = self.reward_fn.name if isinstance(self.reward_fn, WeightedReward) else config.reward.name
         if config.model.mixed_precision != "no" and not torch.cuda.is_available():
             raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")

@@ -189,7 +189,7 @@ class SessionManager:
         if (folder / "config.toml").is_file():
             from pxpo.config import load_config
 
-            from pxpo.trainer import injected_reward_name
+            from pxpo.rewards import injected_reward_name
 
             config = load_config(folder / "config.toml")
             if config.reward.name == "painted":  # sessions written before injected rewards were recorded by their name

@@ -10,12 +10,20 @@ A reward is built by a factory, ``factory(**kwargs) -> fn``, found by name in th
 A scalar reward (one number per image) becomes a constant map with ``scalar_as_heatmap``.
 """
 
-from pxpo.rewards.registry import RewardError, RewardFn, available, check_heatmaps, load_reward, register_reward
+from pxpo.rewards.registry import (
+    RewardError,
+    RewardFn,
+    available,
+    check_heatmaps,
+    injected_reward_name,
+    load_reward,
+    register_reward,
+)
 from pxpo.rewards.colour import colour_channel
 from pxpo.rewards.scalar import jpeg_compressibility, jpeg_incompressibility, scalar_as_heatmap
 from pxpo.rewards.segmentation import class_probabilities, segmentation
 from pxpo.rewards.human import PaintedFeedback, folder_feedback, simulated_annotator
-from pxpo.rewards.weighted import WeightedReward, weighted_reward
+from pxpo.rewards.weighted import WeightedReward, build_reward, weighted_reward
 from pxpo.rewards.remote import http_reward
 
 __all__ = [
@@ -35,6 +43,8 @@ __all__ = [
     "segmentation",
     "simulated_annotator",
     "WeightedReward",
+    "build_reward",
+    "injected_reward_name",
     "http_reward",
     "weighted_reward",
 ]

@@ -21,6 +21,13 @@ class RewardError(ValueError):
 
 
 _REGISTRY: dict[str, Callable[..., RewardFn]] = {}
+INJECTED_PREFIX = "injected:"  # how a run records a reward passed as a Python callable
+
+
+def injected_reward_name(reward_fn) -> str:
+    """How a reward passed as ``Trainer(reward_fn=...)`` is recorded in the run's config: ``injected:module.qualname``."""
+    kind = reward_fn if callable(reward_fn) and hasattr(reward_fn, "__qualname__") else type(reward_fn)
+    return f"{INJECTED_PREFIX}{getattr(kind, '__module__', '?')}.{kind.__qualname__}"
 
 
 def register_reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., RewardFn]]:
@@ -43,7 +50,7 @@ def available() -> list[str]:
 def _find_factory(name: str) -> Callable[..., RewardFn]:
     if name in _REGISTRY:
         return _REGISTRY[name]
-    if name.startswith("injected:"):
+    if name.startswith(INJECTED_PREFIX):
         raise RewardError(
             f"reward {name!r} was a Python callable passed as Trainer(reward_fn=...): it cannot be rebuilt from the config; "
             "resume this run from Python with the same reward_fn"

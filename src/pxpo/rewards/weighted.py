@@ -53,3 +53,8 @@ def weighted_reward(terms: Sequence[dict]) -> WeightedReward:
     """Build a WeightedReward from config terms: ``{"name": ..., "weight": ..., "kwargs": {...}, "label": ...}``."""
     built = [Term(t.get("label") or t["name"], float(t.get("weight", 1.0)), load_reward(t["name"], **t.get("kwargs", {}))) for t in terms]
     return WeightedReward(built)
+
+
+def build_reward(name: str, kwargs: dict | None = None, terms: Sequence[dict] = ()) -> RewardFn:
+    """The reward a config names: ``name`` with ``kwargs`` (registered or 'module:factory'), or the weighted sum of ``terms``."""
+    return weighted_reward(terms) if terms else load_reward(name, **(kwargs or {}))

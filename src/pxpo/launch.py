@@ -1,0 +1,78 @@
+"""Processes and trackers: what accelerate's launch gives a run, checked before any work.
+
+- ``check_launch``: the launcher's process count (WORLD_SIZE) must be what accelerate sees, and human
+  feedback runs in one process;
+- ``stop_when_orphaned``: a launched worker exits within seconds once its launcher is gone;
+- ``check_trackers`` / ``flat_config``: experiment trackers (``run.log_with``) and their hyperparameters.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import threading
+import time
+from collections.abc import Sequence
+
+from accelerate import PartialState
+from accelerate.utils import parse_flag_from_env
+
+from pxpo.config import Config, ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+def process_state() -> PartialState:
+    """accelerate's process state, set up as the Accelerator will set it up (ACCELERATE_USE_CPU: gloo on CPUs)."""
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+
+
+def stop_when_orphaned(interval: float = 1.0) -> None:
+    """In a launched worker: exit within ``interval`` seconds once the launcher is gone (``kill -9`` of ``accelerate
+    launch`` leaves its workers re-parented and training on). Its checkpoints are intact; ``--resume`` continues."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent:
+                logger.error("the launcher (process %d) is gone: this worker stops; continue with pxpo train --resume", parent)
+                os._exit(1)
+
+    threading.Thread(target=watch, name="pxpo-orphan-watchdog", daemon=True).start()
+
+
+def check_launch(config: Config) -> None:
+    """Refuse launches that would go wrong silently: accelerate's process count must match the launcher's."""
+    state = process_state()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world != state.num_processes:
+        raise ConfigError(
+            f"the launcher started {world} processes (WORLD_SIZE) but accelerate sees {state.num_processes}: each would train "
+            "alone. On GPUs: accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG; on CPUs: "
+            "ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes N -m pxpo.cli train CONFIG"
+        )
+    if state.num_processes > 1 and (config.sample.single_image_seed is not None or config.reward.name == "folder_feedback"):
+        raise ConfigError(
+            f"human feedback (single-image mode, the folder protocol) runs in one process; this launch has {state.num_processes}: "
+            "the other ranks would train on images nobody saw"
+        )
+
+
+def check_trackers(names: Sequence[str]) -> None:
+    """Each tracker's package must be importable: say which to install before any work."""
+    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow", "aim": "aim",
+                "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
+    for name in names:
+        if importlib.util.find_spec(packages[name]) is None:
+            raise ConfigError(f"run.log_with = {list(names)}: {name!r} needs its package: pip install {packages[name]}")
+
+
+def flat_config(config: Config) -> dict[str, int | float | str | bool]:
+    """The config as flat ``section.key`` values (lists and tables as TOML-ish text), for trackers' hyperparameters."""
+    flat = {}
+    for section, values in config.model_dump(mode="json").items():
+        for key, value in values.items():
+            flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    return flat
