@@ -37,3 +37,28 @@ def make_config(tmp_path):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def quick_toml(tmp_path):
+    """Write a small config file for command-line runs (tiny-random, 3 steps, 2 images, runs in tmp_path/runs).
+
+    ``quick_toml(name, run={"num_epochs": 4})``: keyword sections override the defaults; returns the path as a str.
+    """
+    import tomli_w
+
+    def write(name: str, **sections) -> str:
+        data = {
+            "model": {"pretrained": "tiny-random"},
+            "sample": {"num_steps": 3, "batch_size": 2},
+            "train": {"batch_size": 2, "learning_rate": 1e-2},
+            "eval": {"seeds": [0]},
+            "run": {"num_epochs": 2, "output_dir": str(tmp_path / "runs"), "name": name},
+        }
+        for section, values in sections.items():
+            data.setdefault(section, {}).update(values)
+        path = tmp_path / f"{name}.toml"
+        path.write_text(tomli_w.dumps(data))
+        return str(path)
+
+    return write

@@ -143,17 +143,12 @@ def test_a_two_process_update_equals_the_one_process_update_over_the_union_of_th
         torch.testing.assert_close(rank0[key], value, rtol=1e-3, atol=1e-5)
 
 
-def test_two_process_kill_9_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path):
+def test_two_process_kill_9_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path, quick_toml):
     import signal
     import time
 
     def config(name):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(
-            '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\nlearning_rate = 1e-2\n'
-            f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 4\ncheckpoint_every = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "{name}"\n'
-        )
-        return str(path)
+        return quick_toml(name, run={"num_epochs": 4, "checkpoint_every": 1})
 
     def launch(*args):
         command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",

@@ -394,19 +394,14 @@ def test_full_denoiser_fine_tuning_writes_a_folder_that_pxpo_sample_loads(make_c
     assert out.is_file()
 
 
-def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path):
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path, quick_toml):
     import signal
     import subprocess
     import sys
     import time
 
     def config(name):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(
-            '[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 3\nbatch_size = 2\n[train]\nbatch_size = 2\nlearning_rate = 1e-2\n'
-            f'[eval]\nseeds = [0]\n[run]\nnum_epochs = 4\ncheckpoint_every = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "{name}"\n'
-        )
-        return str(path)
+        return quick_toml(name, run={"num_epochs": 4, "checkpoint_every": 1})
 
     command = [sys.executable, "-m", "pxpo.cli", "train"]
     assert subprocess.run([*command, config("straight")], capture_output=True, timeout=600).returncode == 0
