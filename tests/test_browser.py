@@ -92,3 +92,33 @@ def test_paint_train_step_and_see_the_new_image(server, tmp_path):
     assert values[0, 63] == 0 and values[63, 0] == 0 and values[32, 32] == 0
     first, second = (np.asarray(Image.open(sessions / "browser" / "eval" / f"epoch_{e:04d}" / "seed_0004.png")) for e in (0, 1))
     assert first.shape == second.shape == (64, 64, 3)
+
+
+def test_reload_restores_the_session_and_existing_sessions_are_clickable(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, sessions = server
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                                     viewport={"width": 1280, "height": 1200})  # fmt: skip
+        page = context.new_page()
+        page.goto(url)
+        page.fill("#session", "again")
+        page.fill("#prompt", "nature landscape")
+        page.fill("#seed", "4")
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        assert "session=again" in page.url
+        box = page.locator("#paint").bounding_box()
+        page.click("#brush-plus")
+        stroke(page, box, 0.2, 0.5, 0.8, 0.5)
+        page.click("#train")
+        page.wait_for_function("document.querySelector('#status').textContent.match(/Training one step\\.\\.\\. \\d+ s/)", timeout=30_000)
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        page.reload()  # the URL names the session: the page reopens it at its step
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
+        assert page.locator("#prompt").input_value() == "nature landscape"
+        page.goto(url)  # no session in the URL: pick it from the list
+        page.locator("button.session-link", has_text="again").click()
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
+        context.close()
