@@ -394,7 +394,9 @@ def test_full_denoiser_fine_tuning_writes_a_folder_that_pxpo_sample_loads(make_c
     assert out.is_file()
 
 
-def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path, quick_toml):
+@pytest.mark.parametrize("delay", [0.05, 0.8])  # early in epoch 3 (sampling) and later (training); the state a kill
+# during a checkpoint write leaves is made by hand in the test above
+def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_runs_lora_exactly(tmp_path, quick_toml, delay):
     import signal
     import subprocess
     import sys
@@ -410,7 +412,7 @@ def test_kill_9_mid_run_then_resume_gives_the_uninterrupted_runs_lora_exactly(tm
     deadline = time.time() + 300
     while time.time() < deadline and (not metrics.exists() or len(metrics.read_text().splitlines()) < 3):
         time.sleep(0.05)
-    time.sleep(0.3)  # somewhere inside epoch 3: sampling, training or writing its checkpoint
+    time.sleep(delay)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
     resumed = subprocess.run([*command, "--resume", str(tmp_path / "runs" / "killed")], capture_output=True, text=True, timeout=600)
