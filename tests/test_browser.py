@@ -122,3 +122,39 @@ def test_reload_restores_the_session_and_existing_sessions_are_clickable(server,
         page.locator("button.session-link", has_text="again").click()
         page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
         context.close()
+
+
+@pytest.mark.parametrize(("size", "mobile"), [((800, 600), False), ((390, 844), True)])
+def test_image_and_train_button_fit_small_screens_and_touch_paints(server, tmp_path, size, mobile):
+    from playwright.sync_api import sync_playwright
+
+    url, sessions = server
+    with sync_playwright() as p:
+        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                                     viewport={"width": size[0], "height": size[1]}, is_mobile=mobile,
+                                                     has_touch=mobile)  # fmt: skip
+        page = context.new_page()
+        page.goto(url)
+        page.fill("#session", "small")
+        page.fill("#prompt", "nature landscape")
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        page.evaluate("window.scrollTo(0, 0)")
+        stage, train = page.locator("#stage").bounding_box(), page.locator("#train").bounding_box()
+        for box in (stage, train):  # both wholly on the first screen
+            assert box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= size[0] and box["y"] + box["height"] <= size[1], box
+        assert page.evaluate("document.documentElement.scrollWidth") <= size[0]  # no sideways scrolling
+        if mobile:  # a finger stroke paints, as the mouse does
+            box = page.locator("#paint").bounding_box()
+            page.evaluate("""([x0, y, x1]) => {
+                const canvas = document.querySelector('#paint');
+                const fire = (type, x) => canvas.dispatchEvent(new PointerEvent(type, {clientX: x, clientY: y, pointerId: 1,
+                    pointerType: 'touch', isPrimary: true, bubbles: true}));
+                fire('pointerdown', x0); for (let i = 1; i <= 10; i++) fire('pointermove', x0 + (x1 - x0) * i / 10); fire('pointerup', x1);
+            }""", [box["x"] + 0.2 * box["width"], box["y"] + 0.5 * box["height"], box["x"] + 0.8 * box["width"]])  # fmt: skip
+            page.click("#train")
+            page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        context.close()
+    if mobile:
+        values = decode_feedback(Image.open(sessions / "small" / "feedback" / "step_0000.feedback.png"))
+        assert (values > 0).sum() > 20 and abs(np.argwhere(values > 0)[:, 0].mean() - 32) < 6  # the stroke, mid-height
