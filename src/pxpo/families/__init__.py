@@ -154,10 +154,6 @@ class ModelFamily:
         """One policy step with its per-element log-probability."""
         raise NotImplementedError
 
-    def step_mean(self, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor, noise_level: float) -> torch.Tensor:
-        """The policy step's mean [B, C, h, w] (for the KL to a reference policy)."""
-        return self.step(model_output, timestep, sample, noise_level, prev_sample=sample).mean
-
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents [B, C, h, w] -> float32 images [B, 3, H, W] in [0, 1]."""
         raise NotImplementedError
