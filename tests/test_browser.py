@@ -52,21 +52,28 @@ def stroke(page, box, x0, y0, x1, y1):
     page.mouse.up()
 
 
+def start_session(p, tmp_path, url, name, viewport=(1280, 1200), mobile=False):
+    """A fresh browser profile on the page; start session ``name`` ("nature landscape", seed 4) and wait for its image."""
+    context = p.chromium.launch_persistent_context(str(tmp_path / f"profile-{name}"), executable_path=CHROMIUM, args=FLAGS, headless=True,
+                                                 viewport={"width": viewport[0], "height": viewport[1]}, is_mobile=mobile,
+                                                 has_touch=mobile)  # fmt: skip
+    page = context.new_page()
+    page.goto(url)
+    page.fill("#session", name)
+    page.fill("#prompt", "nature landscape")
+    page.fill("#seed", "4")
+    page.click("#start")
+    page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+    page.wait_for_function("document.querySelector('#image').naturalWidth > 0")
+    return context, page
+
+
 def test_paint_train_step_and_see_the_new_image(server, tmp_path):
     from playwright.sync_api import sync_playwright
 
     url, sessions = server
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                     viewport={"width": 1280, "height": 1200})  # the whole canvas on screen
-        page = context.new_page()
-        page.goto(url)
-        page.fill("#session", "browser")
-        page.fill("#prompt", "nature landscape")
-        page.fill("#seed", "4")
-        page.click("#start")
-        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
-        page.wait_for_function("document.querySelector('#image').naturalWidth > 0")
+        context, page = start_session(p, tmp_path, url, "browser")  # 1280 x 1200: the whole canvas on screen
 
         box = page.locator("#paint").bounding_box()
         page.fill("#size", "8")
@@ -99,15 +106,7 @@ def test_reload_restores_the_session_and_existing_sessions_are_clickable(server,
 
     url, sessions = server
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                     viewport={"width": 1280, "height": 1200})  # fmt: skip
-        page = context.new_page()
-        page.goto(url)
-        page.fill("#session", "again")
-        page.fill("#prompt", "nature landscape")
-        page.fill("#seed", "4")
-        page.click("#start")
-        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        context, page = start_session(p, tmp_path, url, "again")
         assert "session=again" in page.url
         box = page.locator("#paint").bounding_box()
         page.click("#brush-plus")
@@ -130,15 +129,7 @@ def test_image_and_train_button_fit_small_screens_and_touch_paints(server, tmp_p
 
     url, sessions = server
     with sync_playwright() as p:
-        context = p.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM, args=FLAGS, headless=True,
-                                                     viewport={"width": size[0], "height": size[1]}, is_mobile=mobile,
-                                                     has_touch=mobile)  # fmt: skip
-        page = context.new_page()
-        page.goto(url)
-        page.fill("#session", "small")
-        page.fill("#prompt", "nature landscape")
-        page.click("#start")
-        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        context, page = start_session(p, tmp_path, url, "small", viewport=size, mobile=mobile)
         page.evaluate("window.scrollTo(0, 0)")
         stage, train = page.locator("#stage").bounding_box(), page.locator("#train").bounding_box()
         for box in (stage, train):  # both wholly on the first screen
