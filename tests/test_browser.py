@@ -149,3 +149,43 @@ def test_image_and_train_button_fit_small_screens_and_touch_paints(server, tmp_p
     if mobile:
         values = decode_feedback(Image.open(sessions / "small" / "feedback" / "step_0000.feedback.png"))
         assert (values > 0).sum() > 20 and abs(np.argwhere(values > 0)[:, 0].mean() - 32) < 6  # the stroke, mid-height
+
+
+def test_before_after_export_stale_tab_and_empty_map(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, sessions = server
+    with sync_playwright() as p:
+        context, page = start_session(p, tmp_path, url, "both")
+        page.click("#train")  # nothing painted
+        page.wait_for_function("document.querySelector('#status').textContent.includes('paint something first')", timeout=30_000)
+        assert page.locator("#step").text_content() == "0"
+
+        other = context.new_page()  # a second tab on the same session, still showing step 0
+        other.goto(f"{url}/?session=both")
+        other.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+
+        box = page.locator("#paint").bounding_box()
+        page.click("#brush-minus")
+        stroke(page, box, 0.2, 0.8, 0.8, 0.8)
+        page.click("#train")
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        page.wait_for_function("document.querySelector('#before').complete && document.querySelector('#before').naturalWidth > 0")
+        assert page.locator("#before-after").is_visible() and "step 0, as painted" in page.locator("#before-caption").text_content()
+        painted_pixels = page.evaluate("""() => { const c = document.querySelector('#paint');
+            return Array.from(c.getContext('2d').getImageData(0, 0, c.width, c.height).data).filter((v, i) => i % 4 === 3 && v > 0).length; }""")
+        assert painted_pixels == 0  # the strokes were cleared after the step
+
+        other_box = other.locator("#paint").bounding_box()
+        stroke(other, other_box, 0.2, 0.2, 0.8, 0.2)
+        other.click("#train")  # painted on step 0, which is no longer current
+        other.wait_for_function("document.querySelector('#status').textContent.includes('painted on step 0')", timeout=60_000)
+        other.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=30_000)  # it now shows step 1
+
+        page.click("#export")
+        page.wait_for_function("document.querySelector('#export-figure').complete && document.querySelector('#export-figure').naturalWidth > 0",
+                               timeout=60_000)  # fmt: skip
+        assert page.locator("#lora-path").text_content().endswith("lora")
+        context.close()
+    assert (sessions / "both" / "feedback_evolution.png").is_file()
+    assert not (sessions / "both" / "feedback" / "step_0001.feedback.png").exists()  # the stale map trained nothing

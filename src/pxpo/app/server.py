@@ -10,7 +10,9 @@ API (JSON unless said):
     GET  /api/sessions/{name}                   state: step, size, history of feedback per step
     GET  /api/sessions/{name}/image/{step}      the image after that step (PNG)
     POST /api/sessions/{name}/train?width=W&height=H   body: W*H int8 values in {-2, 0, 2} -> state
+    GET  /api/sessions/{name}/painted/{step}    the image of that step with the map painted on it (PNG)
     POST /api/sessions/{name}/export            draw the feedback-evolution figure -> paths
+    GET  /api/sessions/{name}/export.png        that figure
 """
 
 from __future__ import annotations
@@ -126,11 +128,24 @@ def create_app(
         values = parse_painted_map(body, width, height, session.image_size(), max_upload_bytes)
         return await run_in_threadpool(locked, lambda: session.train_step(values, painted_on=step))
 
+    @app.get("/api/sessions/{name}/painted/{step}")
+    def painted(name: str, step: int) -> FileResponse:
+        """The image of ``step`` with the map painted on it (the page's "before" view)."""
+        return FileResponse(manager.get(name).painted_overlay(step), media_type="image/png", headers={"Cache-Control": "no-store"})
+
     @app.post("/api/sessions/{name}/export")
     def export(name: str) -> dict:
         session = manager.get(name)
         figure = locked(session.export_figure)
-        return {"run_folder": str(session.folder), "lora": str(session.run.lora), "figure": str(figure)}
+        return {"run_folder": str(session.folder), "lora": str(session.run.lora), "figure": str(figure),
+                "figure_url": f"/api/sessions/{name}/export.png"}  # fmt: skip
+
+    @app.get("/api/sessions/{name}/export.png")
+    def export_png(name: str) -> FileResponse:
+        figure = manager.get(name).folder / "feedback_evolution.png"
+        if not figure.exists():
+            raise SessionError(f"session {name!r} has not been exported yet", status=404)
+        return FileResponse(figure, media_type="image/png", headers={"Cache-Control": "no-store"})
 
     return app
 

@@ -130,19 +130,22 @@ class Session:
             "history": history,
         }
 
+    def painted_overlay(self, step: int) -> Path:
+        """The image of ``step`` with the map painted on it blended in (the "before" of the next step)."""
+        path = self.feedback_path(step)
+        if not path.exists():
+            raise SessionError(f"step {step} of session {self.folder.name!r} has no painted map", status=404)
+        target = self.folder / "feedback" / f"step_{step:04d}.overlay.png"
+        if not target.exists():
+            save_image(overlay_feedback(Image.open(self.image_path(step)), decode_feedback(Image.open(path))), target)
+        return target
+
     def export_figure(self, max_columns: int = 8) -> Path:
         """The paper's Fig. 1/7 layout: row 1 the image at each step, row 2 the feedback painted on it."""
         steps = pick_columns(range(self.step + 1), max_columns)
         overlays = []
         for step in steps:
-            path = self.feedback_path(step)
-            if path.exists():
-                overlay = overlay_feedback(Image.open(self.image_path(step)), decode_feedback(Image.open(path)))
-                target = self.folder / "feedback" / f"step_{step:04d}.overlay.png"
-                save_image(overlay, target)
-                overlays.append(target)
-            else:
-                overlays.append(self.image_path(step))
+            overlays.append(self.painted_overlay(step) if self.feedback_path(step).exists() else self.image_path(step))
         figure = self.folder / "feedback_evolution.png"
         plot_image_grid(
             [[self.image_path(s) for s in steps], overlays],
