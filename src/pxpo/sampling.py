@@ -60,6 +60,14 @@ def _per_sample(values: torch.Tensor) -> torch.Tensor:
 DDIMStepOutput = StepOutput  # the name of earlier releases
 
 
+def _check_step_inputs(has_timesteps: bool, model_output: torch.Tensor, sample: torch.Tensor) -> None:
+    """What both policy steps need: a scheduler with timesteps set, and a model output shaped like the sample."""
+    if not has_timesteps:
+        raise ValueError("the scheduler has no timesteps: call scheduler.set_timesteps(num_steps) first")
+    if model_output.shape != sample.shape:
+        raise ValueError(f"model_output has shape {tuple(model_output.shape)}, sample {tuple(sample.shape)}: they must match")
+
+
 def _gaussian(mean: torch.Tensor, std: torch.Tensor, prev_sample: torch.Tensor | None, generator: Generator) -> StepOutput:
     """Draw ``prev_sample`` from N(mean, std^2) unless given; its per-element log-density."""
     if prev_sample is None:
@@ -99,10 +107,7 @@ def ddim_step_with_logprob(
     """
     if not eta > 0:
         raise ValueError(f"eta = {eta!r}: the policy's log-probability needs eta > 0 (eta = 0 is deterministic)")
-    if scheduler.num_inference_steps is None:
-        raise ValueError("the scheduler has no timesteps: call scheduler.set_timesteps(num_steps) first")
-    if model_output.shape != sample.shape:
-        raise ValueError(f"model_output has shape {tuple(model_output.shape)}, sample {tuple(sample.shape)}: they must match")
+    _check_step_inputs(scheduler.num_inference_steps is not None, model_output, sample)
 
     device = sample.device
     batch = sample.shape[0]
@@ -193,10 +198,7 @@ def flow_step_with_logprob(
         raise ValueError(f"noise_level = {noise_level!r}: the policy's log-probability needs noise_level > 0 (0 is the deterministic ODE)")
     if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
         raise TypeError(f"flow_step_with_logprob needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
-    if scheduler.num_inference_steps is None or getattr(scheduler, "sigmas", None) is None:
-        raise ValueError("the scheduler has no timesteps: call scheduler.set_timesteps(num_steps) first")
-    if model_output.shape != sample.shape:
-        raise ValueError(f"model_output has shape {tuple(model_output.shape)}, sample {tuple(sample.shape)}: they must match")
+    _check_step_inputs(scheduler.num_inference_steps is not None and getattr(scheduler, "sigmas", None) is not None, model_output, sample)
     batch, device = sample.shape[0], sample.device
     index = flow_step_index(scheduler, timestep, batch)
     sigmas = scheduler.sigmas.float().cpu()

@@ -121,8 +121,6 @@ class Trainer:
             log_with=list(config.run.log_with) or None,
             project_dir=str(self.run.path / "trackers"),
         )
-        if self.accelerator.is_main_process:
-            self.run.lock()  # one writer per run folder, from here until this process ends (a no-op if taken above)
         if self.accelerator.num_processes > 1:
             stop_when_orphaned()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained, single_file_config=config.model.single_file_config)
@@ -184,6 +182,8 @@ class Trainer:
         if resume:
             if not run.config.exists():
                 raise ConfigError(f"cannot resume {str(run.path)!r}: it has no config.toml (not a run folder)")
+            if process_state().is_main_process:
+                run.lock()  # one writer per run folder, from here until this process ends
             return run
         if process_state().is_main_process:
             run.lock()  # before looking inside: a run starting at the same moment cannot slip in between
