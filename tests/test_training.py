@@ -318,6 +318,33 @@ def test_a_signal_ends_a_run_with_one_line_telling_how_to_resume(tmp_path, signa
     assert f"Continue with: pxpo train --resume {tmp_path / 'runs' / 'long'}" in err
 
 
+def test_a_signal_swallowed_by_a_finaliser_still_stops_the_run_quietly(capfd):
+    """A signal whose KeyboardInterrupt is raised inside ``__del__`` (Python ignores it there) is not lost."""
+    import os
+    import signal
+    import sys
+
+    from pxpo import launch
+
+    class SignalsWhileFinalised:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)  # the handler runs here, inside the finaliser
+
+    handlers, hook = (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)), sys.unraisablehook
+    try:
+        launch.stop_on_signals()
+        launch.raise_if_stopped()  # nothing requested yet: no effect
+        SignalsWhileFinalised()  # collected at once; its interrupt is swallowed by Python
+        with pytest.raises(KeyboardInterrupt):
+            launch.raise_if_stopped()
+    finally:
+        signal.signal(signal.SIGINT, handlers[0])
+        signal.signal(signal.SIGTERM, handlers[1])
+        sys.unraisablehook = hook
+        launch._stop_requested.clear()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_an_output_folder_that_cannot_be_written_is_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")

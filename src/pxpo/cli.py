@@ -263,14 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
-    import signal
-
+    from pxpo.launch import stop_on_signals
     from pxpo.progress import log_above_bars
 
-    def stop(signum, frame):  # SIGTERM ends a run the way Ctrl-C does: one line, no traceback
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, stop)
+    stop_on_signals()  # SIGTERM ends a run the way Ctrl-C does: one line, no traceback
 
     try:
         with log_above_bars():

@@ -3,6 +3,7 @@
 - ``check_launch``: the launcher's process count (WORLD_SIZE) must be what accelerate sees, and human
   feedback runs in one process;
 - ``stop_when_orphaned``: a launched worker exits within seconds once its launcher is gone;
+- ``stop_on_signals`` / ``raise_if_stopped``: SIGINT and SIGTERM end a run the way Ctrl-C does, reliably;
 - ``check_trackers`` / ``flat_config``: experiment trackers (``run.log_with``) and their hyperparameters.
 """
 
@@ -41,6 +42,41 @@ def stop_when_orphaned(interval: float = 1.0) -> None:
                 os._exit(1)
 
     threading.Thread(target=watch, name="pxpo-orphan-watchdog", daemon=True).start()
+
+
+_stop_requested = threading.Event()
+
+
+def stop_on_signals() -> None:
+    """Make SIGINT and SIGTERM raise ``KeyboardInterrupt`` (a run then ends with one line, its checkpoints intact).
+
+    Python swallows an exception raised while a weakref callback or ``__del__`` runs (and prints "Exception ignored
+    in ..." with a traceback), so a signal landing there would be lost; the request is therefore also remembered, the
+    swallowed interrupt is not printed, and the trainer honours the request at its next check (``raise_if_stopped``,
+    before each epoch and each optimiser step).
+    """
+    import signal
+    import sys
+
+    def stop(signum, frame):
+        _stop_requested.set()
+        raise KeyboardInterrupt
+
+    default_hook = sys.unraisablehook
+
+    def quiet_interrupts(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and _stop_requested.is_set()):
+            default_hook(unraisable)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    sys.unraisablehook = quiet_interrupts
+
+
+def raise_if_stopped() -> None:
+    """Raise ``KeyboardInterrupt`` if a stop was requested by a signal (see ``stop_on_signals``)."""
+    if _stop_requested.is_set():
+        raise KeyboardInterrupt
 
 
 def check_launch(config: Config) -> None:

@@ -35,7 +35,7 @@ from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to
 from pxpo.config import Config, ConfigError, RewardConfig
 from pxpo.families import family_for
 from pxpo.io import atomic_directory, atomic_write_text
-from pxpo.launch import check_launch, check_trackers, flat_config, process_state, stop_when_orphaned
+from pxpo.launch import check_launch, check_trackers, flat_config, process_state, raise_if_stopped, stop_when_orphaned
 from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
 from pxpo.models import load_pipeline, load_trainable_state_dict, trainable_state_dict
 from pxpo.progress import bar
@@ -227,6 +227,7 @@ class Trainer:
         """Run the remaining epochs; return all metrics records of the run."""
         self.begin()
         for epoch in bar(range(self.start_epoch, self.config.run.num_epochs + 1), desc="epochs", enabled=self._show_progress, leave=True):
+            raise_if_stopped()
             self.step(epoch)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()  # closes the trackers' files
@@ -386,6 +387,7 @@ class Trainer:
                     # a chunk's loss is the mean over its steps; weighting by its share of the steps makes the
                     # accumulated gradient the mean over all trained steps, whatever the chunk sizes
                     weight = len(chunk) * len(chunks) / cfg.num_train_timesteps
+                    raise_if_stopped()
                     with acc.accumulate(self.denoiser):
                         output = self._loss(loss_fn, trajectories, advantages, sample_index, step_index)
                         acc.backward(output.loss * weight)
