@@ -59,7 +59,7 @@ TASKS = {
         "targeted": ["hair", "hat"],
     },
     "two": {
-        "sample": {"prompts": ["nature landscape"], "batch_size": 1, "single_image_seed": 0, "eta": 0.3},  # as configs/human_sim_*
+        "sample": {"prompts": ["nature landscape"], "batch_size": 1, "single_image_seed": 0, "single_image_noise": "fresh", "eta": 0.3},  # as configs/human_sim_*
         "train": {"batch_size": 1, "num_inner_epochs": 2},
         "advantage": {"normalization": "none"},
         "reward": {"name": "simulated_annotator", "kwargs": {"increase": ["tree"], "decrease": ["water"]}},

@@ -1,5 +1,6 @@
 """The human-feedback app's API: sessions, painted maps, bad input, busy, restart, export, folder protocol."""
 
+import io
 import threading
 
 import numpy as np
@@ -51,7 +52,7 @@ def start(client, name="s1", seed=3):
 def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
     state = start(client)
     assert (state["step"], state["width"], state["height"], state["history"]) == (0, 64, 64, [])
-    assert client.get("/api/sessions").json() == ["s1"]
+    assert client.get("/api/sessions").json() == [{"name": "s1", "prompt": "nature landscape", "step": 0}]
     image0 = client.get("/api/sessions/s1/image/0")
     assert image0.status_code == 200 and image0.headers["content-type"] == "image/png"
 
@@ -68,6 +69,15 @@ def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
     assert (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert client.get("/api/sessions/s1/image/1").status_code == 200
     assert client.get("/api/sessions/s1/image/2").status_code == 404
+    assert client.get("/api/sessions").json() == [{"name": "s1", "prompt": "nature landscape", "step": 1}]
+
+    layer = client.get("/api/sessions/s1/map/0")  # the previous map, as a transparent overlay
+    assert layer.status_code == 200 and layer.headers["content-type"] == "image/png"
+    rgba = np.asarray(Image.open(io.BytesIO(layer.content)))
+    assert rgba.shape == (64, 64, 4)
+    np.testing.assert_array_equal(rgba[..., 3] > 0, values != 0)  # opaque exactly where painted
+    assert (rgba[values > 0][:, :3] == (0, 255, 0)).all() and (rgba[values < 0][:, :3] == (255, 0, 0)).all()
+    assert client.get("/api/sessions/s1/map/1").status_code == 404  # step 1 has no map yet
 
 
 @pytest.mark.parametrize("name", ["../evil", "a/b", "", ".hidden", "x" * 65, "name with space"])
@@ -95,7 +105,11 @@ def test_bad_uploads_get_4xx_and_the_app_keeps_serving(client):
         assert message in response.text
     assert client.post("/api/sessions", json={"name": "s2", "prompt": "", "seed": 0}).status_code == 400
     assert client.post("/api/sessions", json={"name": "s2", "prompt": "p", "seed": -1}).status_code == 400
-    assert client.post("/api/sessions", json={"name": "s2", "prompt": "p", "seed": 0, "model": "./nowhere"}).status_code == 400
+    for model in ("./nowhere", "no-such-model"):  # a bad model: one line naming it
+        response = client.post("/api/sessions", json={"name": "s2", "prompt": "p", "seed": 0, "model": model})
+        detail = response.json()["detail"]
+        assert response.status_code == 400 and detail.startswith(f"model {model!r}") and "\n" not in detail and len(detail) < 200, detail
+    assert not (client.app.state.manager.root / "s2").exists()
     assert client.get("/api/sessions/s1").json()["step"] == 0  # still serving, nothing trained
 
 
@@ -186,11 +200,12 @@ def test_folder_protocol_drives_training(tmp_path):
     assert metrics[1]["reward_mean"] == pytest.approx(painted().mean())
 
 
-def test_single_image_mode_trains_the_image_that_was_shown(tmp_path):
+@pytest.mark.parametrize("noise", ["fixed", "fresh"])
+def test_single_image_mode_trains_the_image_that_was_shown(tmp_path, noise):
     config = validate_config(
         {
             "model": {"pretrained": MODEL},
-            "sample": {"prompts": ["nature landscape"], "single_image_seed": 11, "batch_size": 1, "num_steps": 5},
+            "sample": {"prompts": ["nature landscape"], "single_image_seed": 11, "single_image_noise": noise, "batch_size": 1, "num_steps": 5},
             "train": {"batch_size": 1},
             "run": {"num_epochs": 1, "output_dir": str(tmp_path), "name": "one"},
         }
@@ -200,7 +215,46 @@ def test_single_image_mode_trains_the_image_that_was_shown(tmp_path):
     first, second = trainer.sample(1), trainer.sample(2)
     torch.testing.assert_close(first.images, shown)  # epoch 1 trains exactly that trajectory
     torch.testing.assert_close(second.latents[:, 0], first.latents[:, 0])  # the same initial noise every epoch
-    assert not torch.equal(second.latents[:, -1], first.latents[:, -1])  # fresh noise for the steps
+    # same weights: "fixed" step noise gives the same image again, "fresh" another draw from the same x_T
+    assert torch.equal(second.latents[:, -1], first.latents[:, -1]) == (noise == "fixed")
+
+
+def _single_image_trainer(tmp_path, feedback) -> Trainer:
+    config = validate_config(
+        {
+            "model": {"pretrained": MODEL},
+            "sample": {"prompts": ["nature landscape"], "single_image_seed": 3, "batch_size": 1, "num_steps": 4},
+            "train": {"batch_size": 1, "learning_rate": 1e-2},
+            "advantage": {"normalization": "none"},
+            "eval": {"reward": False},
+            "run": {"num_epochs": 10, "output_dir": str(tmp_path), "name": "zero"},
+        }
+    )
+    return Trainer(config, reward_fn=feedback, progress=False)
+
+
+def test_a_step_on_an_all_zero_map_leaves_the_weights_and_the_shown_image_exactly_as_they_were(tmp_path):
+    from pxpo.models import trainable_state_dict
+    from pxpo.rewards.human import PaintedFeedback
+
+    feedback = PaintedFeedback()
+    trainer = _single_image_trainer(tmp_path, feedback)
+    trainer.begin()
+    image_0 = trainer.eval_images(0)
+    feedback.set(painted())
+    trainer.step(1)  # a painted step: the weights move, and Adam now has momentum
+    after_painted = {k: v.clone() for k, v in trainable_state_dict(trainer.denoiser).items()}
+    image_1 = trainer.eval_images(1)
+    assert not torch.equal(image_1, image_0)
+    feedback.set(np.zeros_like(painted()))
+    record = trainer.step(2)  # an all-zero map: nothing to learn
+    assert record["loss"] == 0.0 and record["grad_norm"] == 0.0
+    state = trainable_state_dict(trainer.denoiser)
+    assert all(torch.equal(state[k], after_painted[k]) for k in after_painted)  # no momentum, no weight decay step
+    torch.testing.assert_close(trainer.eval_images(2), image_1, rtol=0, atol=0)  # the shown image is unchanged
+    feedback.set(painted())
+    trainer.step(3)
+    assert not torch.equal(trainer.eval_images(3), image_1)  # feedback changes the model, and so the image
 
 
 def test_an_untrained_session_survives_a_restart_with_its_step_0(tmp_path):
@@ -226,6 +280,16 @@ def test_a_stale_map_gets_409_and_an_empty_map_is_refused(client):
     empty = client.post("/api/sessions/s1/train?width=64&height=64&step=1", content=bytes(64 * 64), headers=OCTET)
     assert empty.status_code == 400 and "paint something first" in empty.json()["detail"]
     assert client.get("/api/sessions/s1").json()["step"] == 1  # neither trained
+
+
+def test_an_existing_session_is_not_silently_given_another_prompt_seed_or_model(client, tmp_path):
+    start(client, seed=3)
+    for change in ({"prompt": "a city"}, {"seed": 4}, {"model": "pxpo-tiny"}):
+        response = client.post("/api/sessions", json={"name": "s1", "prompt": "nature landscape", "seed": 3, **change})
+        assert response.status_code == 409 and "already exists with" in response.json()["detail"], response.text
+    same = client.post("/api/sessions", json={"name": "s1", "prompt": " nature landscape ", "seed": 3, "model": MODEL})
+    assert same.status_code == 200 and same.json()["prompt"] == "nature landscape"
+    assert client.post("/api/sessions", json={"name": "s1"}).status_code == 200  # by name alone
 
 
 def test_names_seeds_and_prompts_are_checked_before_anything_is_written(client, tmp_path):

@@ -8,6 +8,7 @@ import shutil
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import pytest
@@ -27,20 +28,30 @@ if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
     pytest.skip("no chromium here (scripts/setup.sh installs it); CI always runs this test", allow_module_level=True)
 
 
-@pytest.fixture
-def server(tmp_path):
+@contextmanager
+def serving(sessions):
+    """The app on a free loopback port, serving ``sessions``; yields its URL and stops it on exit."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     # The page is under test, not the model; PXPO_APP_MODEL=pxpo-tiny for a screenshot worth looking at.
-    app = create_app(tmp_path / "sessions", default_model=os.environ.get("PXPO_APP_MODEL", "tiny-random"))
+    app = create_app(sessions, default_model=os.environ.get("PXPO_APP_MODEL", "tiny-random"))
     uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not uv.started:
         time.sleep(0.05)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}", tmp_path / "sessions"
-    uv.should_exit = True
-    thread.join(timeout=10)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
+
+
+@pytest.fixture
+def server(tmp_path):
+    with serving(tmp_path / "sessions") as url:
+        yield url, tmp_path / "sessions"
 
 
 def stroke(page, box, x0, y0, x1, y1):
@@ -87,6 +98,7 @@ def test_paint_train_step_and_see_the_new_image(server, tmp_path):
         page.wait_for_function("document.querySelector('#image').dataset.step === '1' && document.querySelector('#image').complete")
         assert page.locator("#reward-plot").get_attribute("data-points") == "1"
         assert "Step 1 done" in page.locator("#status").text_content()
+        page.wait_for_function("document.querySelector('button.session-link').textContent.endsWith('step 1')")  # the list follows
         page.screenshot(path=os.environ.get("PXPO_SCREENSHOT") or str(tmp_path / "app.png"))  # docs/images/app.png
         context.close()
 
@@ -117,10 +129,42 @@ def test_reload_restores_the_session_and_existing_sessions_are_clickable(server,
         page.reload()  # the URL names the session: the page reopens it at its step
         page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
         assert page.locator("#prompt").input_value() == "nature landscape"
-        page.goto(url)  # no session in the URL: pick it from the list
-        page.locator("button.session-link", has_text="again").click()
+        page.goto(url)  # no session in the URL: pick it from the list (name, prompt and step count)
+        page.locator("button.session-link", has_text='again: "nature landscape", step 1').click()
         page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
+        assert page.locator("#previous-map").is_hidden()  # the previous map on demand only
+        page.check("#show-previous")
+        page.wait_for_function("document.querySelector('#previous-map').complete && document.querySelector('#previous-map').naturalWidth === 64")
+        assert page.locator("#previous-map").is_visible()
+        page.uncheck("#show-previous")
+        assert page.locator("#previous-map").is_hidden()
         context.close()
+
+
+def test_an_untrained_session_survives_a_restart_and_a_stopped_app_is_named(tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    sessions = tmp_path / "sessions"
+    with sync_playwright() as p:
+        with serving(sessions) as url:
+            context, page = start_session(p, tmp_path, url, "untrained")  # opened, never trained
+        box = page.locator("#paint").bounding_box()
+        page.click("#brush-plus")
+        stroke(page, box, 0.2, 0.5, 0.8, 0.5)
+        page.click("#train")  # the app is gone
+        page.wait_for_function("document.querySelector('#status').textContent.includes('The pxpo app is not running')", timeout=30_000)
+        with serving(sessions) as url:  # restarted on the same sessions folder
+            page.goto(f"{url}/?session=untrained")
+            page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+            page.wait_for_function("document.querySelector('#image').complete && document.querySelector('#image').naturalWidth === 64")
+            box = page.locator("#paint").bounding_box()
+            stroke(page, box, 0.2, 0.5, 0.8, 0.5)
+            page.click("#train")
+            page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        context.close()
+    assert (sessions / "untrained" / "feedback" / "step_0000.feedback.png").is_file()
+    assert not list((sessions / "untrained" / "feedback").glob("step_-*"))
+    assert len((sessions / "untrained" / "metrics.jsonl").read_text().splitlines()) == 2  # step 0's record kept, step 1 added
 
 
 @pytest.mark.parametrize(("size", "mobile"), [((800, 600), False), ((390, 844), True)])

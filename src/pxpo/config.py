@@ -83,9 +83,14 @@ class SampleConfig(_Section):
     num_batches_per_epoch: int = Field(1, gt=0, description="Sampling batches per epoch (per process).")
     single_image_seed: int | None = Field(
         None,
-        description="Single-image mode: every epoch samples ONE image of prompts[0] from the same initial noise (this seed; "
-        "the steps' noise is drawn per epoch); the image shown after epoch k is exactly the trajectory epoch k + 1 trains "
-        "on. Needs batch sizes of 1.",
+        description="Single-image mode: every epoch samples ONE image of prompts[0] from the same initial noise (this seed); "
+        "the image shown after epoch k is exactly the trajectory epoch k + 1 trains on. Needs batch sizes of 1.",
+    )
+    single_image_noise: Literal["fixed", "fresh"] = Field(
+        "fixed",
+        description="Single-image mode's noise for the denoising steps: 'fixed' draws it from single_image_seed too, so the "
+        "shown image is a function of the weights alone and changes only when the model does (what a person painting on "
+        "it needs); 'fresh' draws it anew each epoch (the policy's spread, for simulated annotators).",
     )
     height: int | None = Field(None, gt=0, description="Image height in pixels; defaults to the model's native size.")
     width: int | None = Field(None, gt=0, description="Image width in pixels; defaults to the model's native size.")

@@ -46,7 +46,7 @@ from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_t
 
 logger = logging.getLogger(__name__)
 
-_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3}
+_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3, "single_image_steps": 4}
 
 
 def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
@@ -281,8 +281,10 @@ class Trainer:
         prompt_rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts", process))
         noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
         self.family.denoiser.eval()
-        if cfg.single_image_seed is not None:  # the same x_T every epoch, fresh noise for the steps
+        if cfg.single_image_seed is not None:  # the same x_T every epoch; the steps' noise fixed too, or fresh
             self._metadata = [{}]
+            if cfg.single_image_noise == "fixed":  # the image is then a function of the weights alone
+                noise_rng.manual_seed(epoch_seed(cfg.single_image_seed, 0, "single_image_steps"))
             return self._sample([cfg.prompts[0]], noise_rng, self._single_image_noise())
         parts, self._metadata = [], []
         for b in range(cfg.num_batches_per_epoch):
@@ -367,11 +369,15 @@ class Trainer:
         """
         cfg, acc = self.config, self.accelerator
         trajectories, advantages = batch.trajectories, batch.advantages
+        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, **({"kl": 0.0} if cfg.train.kl_coef > 0 else {})}
+        if not acc.gather(advantages.abs().amax().reshape(1)).any():
+            # nothing to learn (e.g. an all-zero painted map): no optimiser step at all, since Adam's momentum and
+            # weight decay would still move the weights, and the shown image must change only when there is feedback
+            return {**totals, "grad_norm": 0.0}
         n, num_steps = len(trajectories), trajectories.timesteps.shape[0]
         rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
         loss_fn = pxpo_loss if cfg.train.algorithm == "pxpo" else ddpo_loss
         chunks = self._timestep_chunks()
-        totals = {"loss": 0.0, "approx_kl": 0.0, "clipfrac": 0.0, **({"kl": 0.0} if cfg.train.kl_coef > 0 else {})}
         grad_norms = []
         self.denoiser.train()
         steps = bar(total=cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(chunks), desc="training",
@@ -459,7 +465,8 @@ class Trainer:
         """The current policy's images [N, 3, H, W] for the fixed evaluation seeds, after ``epoch`` epochs.
 
         In single-image mode this is the trajectory that epoch + 1 will sample and train on, so the
-        image a person judges is exactly the one their feedback trains.
+        image a person judges is exactly the one their feedback trains (with ``sample.single_image_noise =
+        "fixed"``, the default, it changes only when the weights do).
         """
         if self.config.sample.single_image_seed is not None:
             return self.sample(epoch + 1).images

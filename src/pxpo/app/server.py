@@ -100,8 +100,9 @@ def create_app(
         return {"default_model": manager.default_model, "max_upload_bytes": max_upload_bytes}
 
     @app.get("/api/sessions")
-    def sessions() -> list[str]:
-        return manager.names()
+    def sessions() -> list[dict]:
+        """Every session: [{"name", "prompt", "step"}], by name."""
+        return manager.summaries()
 
     @app.post("/api/sessions")
     def open_session(body: OpenSession) -> dict:
@@ -132,6 +133,11 @@ def create_app(
     def painted(name: str, step: int) -> FileResponse:
         """The image of ``step`` with the map painted on it (the page's "before" view)."""
         return FileResponse(manager.get(name).painted_overlay(step), media_type="image/png", headers={"Cache-Control": "no-store"})
+
+    @app.get("/api/sessions/{name}/map/{step}")
+    def map_layer(name: str, step: int) -> FileResponse:
+        """The map painted on image ``step`` as a transparent PNG layer (the page's "previous map" overlay)."""
+        return FileResponse(manager.get(name).map_layer(step), media_type="image/png", headers={"Cache-Control": "no-store"})
 
     @app.post("/api/sessions/{name}/export")
     def export(name: str) -> dict:

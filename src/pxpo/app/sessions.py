@@ -22,7 +22,8 @@ from PIL import Image
 from pxpo.config import Config, validate_config
 from pxpo.io import save_image
 from pxpo.plots import pick_columns, plot_image_grid
-from pxpo.rewards.human import ALLOWED_VALUES, PaintedFeedback, decode_feedback, encode_feedback, overlay_feedback
+from pxpo.models import check_model_reference
+from pxpo.rewards.human import ALLOWED_VALUES, PaintedFeedback, decode_feedback, encode_feedback, feedback_layer, overlay_feedback
 from pxpo.run_folder import RunFolder
 
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # matched in full (fullmatch): no trailing newline
@@ -37,9 +38,9 @@ class SessionError(ValueError):
         self.status = status
 
 
-# The policy's noise in sessions (DDIM's eta for SD models, the SDE's noise level for SD3/FLUX): at 1 the steps'
-# fresh noise redraws the whole scene each epoch; at 0.3 the image keeps its composition (set by the seed's
-# initial noise) and the policy stays stochastic.
+# The policy's noise in sessions (DDIM's eta for SD models, the SDE's noise level for SD3/FLUX). The step noise is
+# fixed per session (sample.single_image_noise = "fixed"), so the shown image changes only when the weights do;
+# at 0.3 the image stays close to the seed's deterministic render, and the policy stays stochastic (REINFORCE).
 SESSION_ETA = 0.3
 SESSION_NOISE_LEVEL = 0.3
 SESSION_STEPS = 20  # denoising steps per image
@@ -55,7 +56,7 @@ def session_config(
     return validate_config(
         {
             "model": {"pretrained": model},
-            "sample": {"prompts": [prompt], "single_image_seed": seed, "batch_size": 1, "eta": SESSION_ETA,
+            "sample": {"prompts": [prompt], "single_image_seed": seed, "single_image_noise": "fixed", "batch_size": 1, "eta": SESSION_ETA,
                        "noise_level": SESSION_NOISE_LEVEL, "num_steps": SESSION_STEPS},
             "train": {"batch_size": 1, "learning_rate": learning_rate, "num_inner_epochs": num_inner_epochs,
                       "timesteps_per_forward": timesteps_per_forward},
@@ -130,14 +131,25 @@ class Session:
             "history": history,
         }
 
-    def painted_overlay(self, step: int) -> Path:
-        """The image of ``step`` with the map painted on it blended in (the "before" of the next step)."""
+    def map_layer(self, step: int) -> Path:
+        """The map painted on image ``step`` as a transparent layer (the page's "previous map" overlay)."""
+        target = self.folder / "feedback" / f"step_{step:04d}.layer.png"
+        if not target.exists():
+            save_image(feedback_layer(self._painted_map(step)), target)
+        return target
+
+    def _painted_map(self, step: int) -> np.ndarray:
         path = self.feedback_path(step)
         if not path.exists():
             raise SessionError(f"step {step} of session {self.folder.name!r} has no painted map", status=404)
+        return decode_feedback(Image.open(path))
+
+    def painted_overlay(self, step: int) -> Path:
+        """The image of ``step`` with the map painted on it blended in (the "before" of the next step)."""
+        values = self._painted_map(step)
         target = self.folder / "feedback" / f"step_{step:04d}.overlay.png"
         if not target.exists():
-            save_image(overlay_feedback(Image.open(self.image_path(step)), decode_feedback(Image.open(path))), target)
+            save_image(overlay_feedback(Image.open(self.image_path(step)), values), target)
         return target
 
     def export_figure(self, max_columns: int = 8) -> Path:
@@ -181,13 +193,27 @@ class SessionManager:
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "config.toml").is_file())
 
+    def summaries(self) -> list[dict]:
+        """Each session's name, prompt and step count, read from its folder (no model is loaded)."""
+        from pxpo.config import load_config
+
+        out = []
+        for name in self.names():
+            folder = self.root / name
+            try:
+                prompt = load_config(folder / "config.toml").sample.prompts[0]
+            except ValueError:  # a damaged config.toml: still listed, so that it can be looked at
+                prompt = "?"
+            out.append({"name": name, "prompt": prompt, "step": max(len(RunFolder(folder).read_metrics()) - 1, 0)})
+        return out
+
     def open(self, name: str, model: str | None = None, prompt: str | None = None, seed: int | None = None) -> Session:
         """Load an existing session (continuing from its last step), or create a new one."""
         from pxpo.trainer import Trainer
 
         folder = self.folder(name)
         if name in self.sessions:
-            return self.sessions[name]
+            return self._same(self.sessions[name], model, prompt, seed)
         feedback = PaintedFeedback()
         if (folder / "config.toml").is_file():
             from pxpo.config import load_config
@@ -203,11 +229,27 @@ class SessionManager:
                 raise SessionError("a new session needs a prompt")
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
                 raise SessionError(f"seed {seed!r}: expected a whole number from 0 to {MAX_SEED}")
+            try:
+                check_model_reference(model or self.default_model)  # one line naming the model, before any loading
+            except ValueError as error:
+                raise SessionError(f"model {error}") from None
             config = session_config(model or self.default_model, prompt.strip(), seed, folder, timesteps_per_forward=self.timesteps_per_forward)
             trainer = Trainer(config, reward_fn=feedback, run_dir=folder, progress=False)
             trainer.begin()
         session = Session(folder, trainer, feedback)
         self.sessions[name] = session
+        return self._same(session, model, prompt, seed)
+
+    @staticmethod
+    def _same(session: Session, model: str | None, prompt: str | None, seed: int | None) -> Session:
+        """An existing session opened with a model, prompt or seed must name its own (409 otherwise, nothing changed)."""
+        config = session.config
+        given = {"model": model, "prompt": prompt.strip() if isinstance(prompt, str) else prompt, "seed": seed}
+        own = {"model": config.model.pretrained, "prompt": config.sample.prompts[0], "seed": config.sample.single_image_seed}
+        for key, value in given.items():
+            if value not in (None, "") and value != own[key]:
+                raise SessionError(f"session {session.folder.name!r} already exists with {key} {own[key]!r} (not {value!r}): "
+                                   "open it as it is, or choose another session name", status=409)  # fmt: skip
         return session
 
     def get(self, name: str) -> Session:

@@ -47,12 +47,17 @@ def decode_feedback(image: Image.Image, value: float = FEEDBACK_VALUE) -> np.nda
     return out
 
 
+def feedback_layer(values: np.ndarray, alpha: float = 0.45) -> Image.Image:
+    """A map [H, W] as an RGBA layer: green +, red -, with opacity ``alpha``; transparent where 0."""
+    rgba = np.zeros((*values.shape, 4), dtype=np.uint8)
+    rgba[..., :3] = np.asarray(encode_feedback(values))
+    rgba[..., 3] = np.where(values != 0, round(255 * alpha), 0)
+    return Image.fromarray(rgba)
+
+
 def overlay_feedback(image: Image.Image, values: np.ndarray, alpha: float = 0.45) -> Image.Image:
     """The image with the painted feedback blended in (for figures)."""
-    base = np.asarray(image.convert("RGB")).astype(np.float32)
-    paint = np.asarray(encode_feedback(values)).astype(np.float32)
-    mask = (values != 0)[..., None]
-    return Image.fromarray(np.where(mask, (1 - alpha) * base + alpha * paint, base).round().astype(np.uint8))
+    return Image.alpha_composite(image.convert("RGBA"), feedback_layer(values, alpha)).convert("RGB")
 
 
 class PaintedFeedback:
