@@ -34,12 +34,13 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pxpo.app.sessions import session_config  # noqa: E402
+from pxpo.config import apply_overrides, validate_config  # noqa: E402
 from pxpo.io import atomic_write_text  # noqa: E402
 from pxpo.plots import save_figure  # noqa: E402
 from pxpo.rewards.human import simulated_annotator  # noqa: E402
 from pxpo.trainer import Trainer  # noqa: E402
 
-MODES = ("fixed", "fresh")
+MODES = ("fixed", "fresh")  # --modes picks some
 
 
 def shown(trainer: Trainer, step: int) -> np.ndarray:
@@ -48,10 +49,10 @@ def shown(trainer: Trainer, step: int) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.float64) / 255
 
 
-def run(model: str, seed: int, mode: str, steps: int, folder: Path, learning_rate: float) -> list[dict]:
+def run(model: str, seed: int, mode: str, steps: int, folder: Path, learning_rate: float, overrides: list[str]) -> list[dict]:
     """One session: ``steps`` painted steps, then one all-zero step; per step the change inside/outside the map."""
     config = session_config(model, "nature landscape", seed, folder / f"{mode}_{seed}", learning_rate, timesteps_per_forward=20)
-    config.sample.single_image_noise = mode
+    config = validate_config(apply_overrides(config.model_dump(mode="json", exclude_none=True), [f"sample.single_image_noise={mode!r}", *overrides]))
     annotator = simulated_annotator(increase=["tree"], decrease=["water"])
     maps: list[np.ndarray] = []
 
@@ -86,7 +87,7 @@ def run(model: str, seed: int, mode: str, steps: int, folder: Path, learning_rat
 def summarise(rows: list[dict]) -> dict:
     """Per mode: mean and std over seeds of each seed's mean over its painted steps, and the all-zero step."""
     summary = {}
-    for mode in MODES:
+    for mode in [m for m in MODES if any(r["mode"] == m for r in rows)]:
         seeds = sorted({r["seed"] for r in rows if r["mode"] == mode})
         per_seed = {
             key: [np.nanmean([r[key] for r in rows if r["mode"] == mode and r["seed"] == s and r["map"] == "painted"]) for s in seeds]
@@ -111,7 +112,7 @@ def write(rows: list[dict], summary: dict, args: argparse.Namespace, seconds: fl
         "# What a painted step changes: painted region against unpainted",
         "",
         f"`python benchmarks/painted_step_change.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --model {args.model}"
-        f" --learning-rate {args.learning_rate:g}`"
+        f" --learning-rate {args.learning_rate:g}{''.join(f' --set {o}' for o in args.overrides)}`"
         f" ({seconds / 60:.1f} min on this machine's 2 CPU cores).",
         "",
         f"The app's session settings (20 DDIM steps, eta 0.3, lr {args.learning_rate:g}, 2 inner epochs); the simulated annotator paints +2 on"
@@ -123,7 +124,7 @@ def write(rows: list[dict], summary: dict, args: argparse.Namespace, seconds: fl
         "| step noise | painted pixels | change, painted | change, unpainted | painted / unpainted | change after an all-zero step |",
         "|---|---|---|---|---|---|",
     ]
-    for mode in MODES:
+    for mode in summary:
         s = summary[mode]
         label = "fixed (the app)" if mode == "fixed" else "fresh (before)"
         lines.append(
@@ -143,12 +144,13 @@ def write(rows: list[dict], summary: dict, args: argparse.Namespace, seconds: fl
     fig, ax = plt.subplots(figsize=(6, 3.4))
     width = 0.38
     for i, (key, label, colour) in enumerate((("change_painted", "painted pixels", "tab:green"), ("change_unpainted", "unpainted pixels", "tab:grey"))):
-        for j, mode in enumerate(MODES):
+        for j, mode in enumerate(summary):
             values = [np.nanmean([r[key] for r in rows if r["mode"] == mode and r["seed"] == s and r["map"] == "painted"]) for s in args.seeds]
             x = j + (i - 0.5) * width
             ax.bar(x, np.mean(values), width, color=colour, alpha=0.8, label=label if j == 0 else None)
             ax.scatter(np.full(len(values), x), values, color="black", s=10, zorder=3)
-    ax.set_xticks(range(len(MODES)), ["fixed step noise (the app)", "fresh step noise (before)"])
+    labels = {"fixed": "fixed step noise (the app)", "fresh": "fresh step noise (before)"}
+    ax.set_xticks(range(len(summary)), [labels[m] for m in summary])
     ax.set_ylabel("mean |pixel change| per step")
     ax.set_title(f"what a painted step changes ({len(args.seeds)} seeds, dots: each seed)")
     ax.legend()
@@ -161,6 +163,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="painted steps per session (then one all-zero step)")
     parser.add_argument("--model", default="pxpo-tiny")
     parser.add_argument("--learning-rate", type=float, default=1e-2, help="the app's default: 1e-2")
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES), help="the step-noise designs to run")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="a config override on the session's settings")
     parser.add_argument("--out", default="docs/benchmarks/painted_step_change", help="output path without suffix")
     args = parser.parse_args()
 
@@ -168,8 +172,8 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         for seed in args.seeds:
-            for mode in MODES:
-                rows += run(args.model, seed, mode, args.steps, Path(folder), args.learning_rate)
+            for mode in args.modes:
+                rows += run(args.model, seed, mode, args.steps, Path(folder), args.learning_rate, args.overrides)
                 last = [r for r in rows if r["mode"] == mode and r["seed"] == seed]
                 print(mode, seed, [(round(r["change_painted"], 4), round(r["change_unpainted"], 4)) for r in last], flush=True)
     summary = summarise(rows)

@@ -5,15 +5,11 @@ Needs /usr/bin/chromium (scripts/setup.sh installs it with apt-get). CI runs thi
 
 import os
 import shutil
-import socket
-import threading
-import time
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
-import uvicorn
 from PIL import Image
+from serving import serving
 
 from pxpo.app.server import create_app
 from pxpo.rewards.human import decode_feedback
@@ -28,29 +24,15 @@ if not os.path.exists(CHROMIUM) and not os.environ.get("CI"):
     pytest.skip("no chromium here (scripts/setup.sh installs it); CI always runs this test", allow_module_level=True)
 
 
-@contextmanager
-def serving(sessions):
-    """The app on a free loopback port, serving ``sessions``; yields its URL and stops it on exit."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+def serving_sessions(sessions):
+    """The app serving ``sessions`` on a free loopback port (a context manager yielding its URL)."""
     # The page is under test, not the model; PXPO_APP_MODEL=pxpo-tiny for a screenshot worth looking at.
-    app = create_app(sessions, default_model=os.environ.get("PXPO_APP_MODEL", "tiny-random"))
-    uv = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    thread = threading.Thread(target=uv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not uv.started:
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
-    finally:
-        uv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    return serving(create_app(sessions, default_model=os.environ.get("PXPO_APP_MODEL", "tiny-random")))
 
 
 @pytest.fixture
 def server(tmp_path):
-    with serving(tmp_path / "sessions") as url:
+    with serving_sessions(tmp_path / "sessions") as url:
         yield url, tmp_path / "sessions"
 
 
@@ -146,14 +128,14 @@ def test_an_untrained_session_survives_a_restart_and_a_stopped_app_is_named(tmp_
 
     sessions = tmp_path / "sessions"
     with sync_playwright() as p:
-        with serving(sessions) as url:
+        with serving_sessions(sessions) as url:
             context, page = start_session(p, tmp_path, url, "untrained")  # opened, never trained
         box = page.locator("#paint").bounding_box()
         page.click("#brush-plus")
         stroke(page, box, 0.2, 0.5, 0.8, 0.5)
         page.click("#train")  # the app is gone
         page.wait_for_function("document.querySelector('#status').textContent.includes('The pxpo app is not running')", timeout=30_000)
-        with serving(sessions) as url:  # restarted on the same sessions folder
+        with serving_sessions(sessions) as url:  # restarted on the same sessions folder
             page.goto(f"{url}/?session=untrained")
             page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
             page.wait_for_function("document.querySelector('#image').complete && document.querySelector('#image').naturalWidth === 64")

@@ -28,6 +28,8 @@ from diffusers.utils.torch_utils import randn_tensor
 from pxpo.progress import bar
 
 if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
     from pxpo.families import ModelFamily
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
@@ -274,7 +276,7 @@ class Trajectories:
 
 @torch.no_grad()
 def sample_trajectories(
-    model,
+    model: DiffusionPipeline | ModelFamily,
     prompts: Sequence[str],
     *,
     num_steps: int,
@@ -334,7 +336,7 @@ def sample_trajectories(
 
 
 def recompute_log_prob(
-    model,
+    model: DiffusionPipeline | ModelFamily,
     denoiser: torch.nn.Module,
     trajectories: Trajectories,
     sample_index: torch.Tensor,

@@ -182,6 +182,20 @@ class ModelFamily:
             type(self.pipe).save_lora_weights(tmp, **{self.lora_layers_argument: layers}, safe_serialization=True)
 
 
+def guided_call(
+    call: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], negatives: dict[str, torch.Tensor] | None, guidance_scale: float
+) -> torch.Tensor:
+    """Classifier-free guidance around a denoiser call: ``call(**inputs)`` [B, ...] alone when there is no guidance
+    (``negatives`` None or ``guidance_scale`` <= 1); otherwise one call on the unconditional and conditional halves
+    batched together [2B, ...] (``negatives`` replaces the inputs it names, the others are repeated), mixed as
+    uncond + w * (cond - uncond)."""
+    if negatives is None or guidance_scale <= 1:
+        return call(**inputs)
+    both = call(**{key: torch.cat([negatives.get(key, value), value]) for key, value in inputs.items()})
+    uncond, cond = both.chunk(2)
+    return uncond + guidance_scale * (cond - uncond)
+
+
 def family_for(pipe: DiffusionPipeline) -> ModelFamily:
     """The family of a pipeline, detected from its class (or a base class); a clear error if unsupported."""
     for cls in type(pipe).__mro__:

@@ -7,7 +7,7 @@ import logging
 import torch
 from diffusers import DDIMScheduler
 
-from pxpo.families import ModelFamily, register_family
+from pxpo.families import ModelFamily, guided_call, register_family
 from pxpo.sampling import Conditioning, Generator, StepOutput, ddim_step_with_logprob
 
 logger = logging.getLogger(__name__)
@@ -58,15 +58,9 @@ class StableDiffusionFamily(ModelFamily):
 
     def predict(self, denoiser, latents, timesteps, conditioning, guidance_scale):
         embeds, negative = conditioning.get("embeds"), conditioning.get("negative_embeds")
-        dtype = embeds.dtype
-        timesteps = timesteps.reshape(-1).expand(latents.shape[0])
-        if negative is None or guidance_scale <= 1:
-            return denoiser(latents.to(dtype), timesteps, encoder_hidden_states=embeds).sample
-        both = denoiser(
-            torch.cat([latents, latents]).to(dtype), torch.cat([timesteps, timesteps]), encoder_hidden_states=torch.cat([negative, embeds])
-        ).sample
-        uncond, cond = both.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        inputs = {"sample": latents.to(embeds.dtype), "timestep": timesteps.reshape(-1).expand(latents.shape[0]), "encoder_hidden_states": embeds}
+        negatives = None if negative is None else {"encoder_hidden_states": negative}
+        return guided_call(lambda **kwargs: denoiser(**kwargs).sample, inputs, negatives, guidance_scale)
 
     def step(self, model_output, timestep, sample, noise_level, prev_sample=None, generator: Generator = None) -> StepOutput:
         return ddim_step_with_logprob(self.pipe.scheduler, model_output, timestep, sample, noise_level, prev_sample, generator)

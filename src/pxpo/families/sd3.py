@@ -7,9 +7,7 @@ bundled ``pxpo-tiny-flow`` was trained; with T5, 256 tokens as diffusers does.
 
 from __future__ import annotations
 
-import torch
-
-from pxpo.families import register_family
+from pxpo.families import guided_call, register_family
 from pxpo.families.flow import FlowMatchingFamily
 from pxpo.sampling import Conditioning
 
@@ -49,18 +47,12 @@ class StableDiffusion3Family(FlowMatchingFamily):
         return Conditioning(tensors)
 
     def predict(self, denoiser, latents, timesteps, conditioning, guidance_scale):
-        embeds, pooled = conditioning.get("embeds"), conditioning.get("pooled")
-        dtype = embeds.dtype
-        timesteps = timesteps.reshape(-1).expand(latents.shape[0])
-        if guidance_scale <= 1 or conditioning.get("negative_embeds") is None:
-            return denoiser(hidden_states=latents.to(dtype), timestep=timesteps, encoder_hidden_states=embeds,
-                            pooled_projections=pooled, return_dict=False)[0]  # fmt: skip
-        both = denoiser(
-            hidden_states=torch.cat([latents, latents]).to(dtype),
-            timestep=torch.cat([timesteps, timesteps]),
-            encoder_hidden_states=torch.cat([conditioning.get("negative_embeds"), embeds]),
-            pooled_projections=torch.cat([conditioning.get("negative_pooled"), pooled]),
-            return_dict=False,
-        )[0]
-        uncond, cond = both.chunk(2)
-        return uncond + guidance_scale * (cond - uncond)
+        embeds, negative = conditioning.get("embeds"), conditioning.get("negative_embeds")
+        inputs = {
+            "hidden_states": latents.to(embeds.dtype),
+            "timestep": timesteps.reshape(-1).expand(latents.shape[0]),
+            "encoder_hidden_states": embeds,
+            "pooled_projections": conditioning.get("pooled"),
+        }
+        negatives = None if negative is None else {"encoder_hidden_states": negative, "pooled_projections": conditioning.get("negative_pooled")}
+        return guided_call(lambda **kwargs: denoiser(**kwargs, return_dict=False)[0], inputs, negatives, guidance_scale)
