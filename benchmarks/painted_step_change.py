@@ -112,10 +112,12 @@ def write(rows: list[dict], summary: dict, args: argparse.Namespace, seconds: fl
         "# What a painted step changes: painted region against unpainted",
         "",
         f"`python benchmarks/painted_step_change.py --seeds {' '.join(map(str, args.seeds))} --steps {args.steps} --model {args.model}"
-        f" --learning-rate {args.learning_rate:g}{''.join(f' --set {o}' for o in args.overrides)}`"
+        f" --learning-rate {args.learning_rate:g}{''.join(f' --set {o}' for o in args.overrides)}"
+        f"{'' if list(args.modes) == list(MODES) else ' --modes ' + ' '.join(args.modes)} --out {args.out}`"
         f" ({seconds / 60:.1f} min on this machine's 2 CPU cores).",
         "",
-        f"The app's session settings (20 DDIM steps, eta 0.3, lr {args.learning_rate:g}, 2 inner epochs); the simulated annotator paints +2 on"
+        f"The app's session settings (20 DDIM steps, eta 0.3, lr {args.learning_rate:g}, 2 inner epochs"
+        f"{''.join(f'; {o}' for o in args.overrides)}); the simulated annotator paints +2 on"
         " trees and -2 on water of each shown image. Change: mean absolute pixel change (RGB in [0, 1]) between the image a"
         f" map was painted on and the next shown image, inside and outside the painted pixels; mean ± std over {len(args.seeds)}"
         f" seeds of each seed's mean over its {args.steps} painted steps. Then one step with an all-zero map (its change: over all"
