@@ -108,7 +108,7 @@ class Trainer:
         self.progress = progress
         self.prompt_fn = prompt_fn
         self.callbacks = list(callbacks)
-        self.reward_fn = reward_fn or build_reward(config.reward.name, config.reward.kwargs, [t.model_dump() for t in config.reward.terms])
+        self.reward_fn = reward_fn or build_reward(config.reward.name, config.reward.kwargs, config.reward.terms)
         self.reward_name = self.reward_fn.name if isinstance(self.reward_fn, WeightedReward) else config.reward.name
         if config.model.mixed_precision != "no" and not torch.cuda.is_available():
             raise ConfigError(f"model.mixed_precision = {config.model.mixed_precision!r} needs a GPU; use 'no' on CPU")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from pxpo.config import RewardTerm
 from pxpo.rewards.registry import RewardFn, check_heatmaps, load_reward
 
 
@@ -49,12 +50,13 @@ class WeightedReward:
         return total
 
 
-def weighted_reward(terms: Sequence[dict]) -> WeightedReward:
-    """Build a WeightedReward from config terms: ``{"name": ..., "weight": ..., "kwargs": {...}, "label": ...}``."""
-    built = [Term(t.get("label") or t["name"], float(t.get("weight", 1.0)), load_reward(t["name"], **t.get("kwargs", {}))) for t in terms]
-    return WeightedReward(built)
+def weighted_reward(terms: Sequence[RewardTerm | dict]) -> WeightedReward:
+    """Build a WeightedReward from config terms (``RewardTerm``s, or dicts of their fields: ``{"name": ..., "weight": ...,
+    "kwargs": {...}, "label": ...}``; the defaults are RewardTerm's)."""
+    terms = [t if isinstance(t, RewardTerm) else RewardTerm.model_validate(t) for t in terms]
+    return WeightedReward([Term(t.label or t.name, t.weight, load_reward(t.name, **t.kwargs)) for t in terms])
 
 
-def build_reward(name: str, kwargs: dict | None = None, terms: Sequence[dict] = ()) -> RewardFn:
+def build_reward(name: str, kwargs: dict | None = None, terms: Sequence[RewardTerm | dict] = ()) -> RewardFn:
     """The reward a config names: ``name`` with ``kwargs`` (registered or 'module:factory'), or the weighted sum of ``terms``."""
     return weighted_reward(terms) if terms else load_reward(name, **(kwargs or {}))
