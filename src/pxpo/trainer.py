@@ -279,12 +279,14 @@ class Trainer:
         cfg, acc = self.config.sample, self.accelerator
         process = acc.process_index
         prompt_rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts", process))
-        noise_rng = torch.Generator(device=acc.device).manual_seed(epoch_seed(self.config.run.seed, epoch, "sample", process))
+        if cfg.single_image_seed is not None and cfg.single_image_noise == "fixed":  # the image: a function of the weights alone
+            noise_seed = epoch_seed(cfg.single_image_seed, 0, "single_image_steps")
+        else:
+            noise_seed = epoch_seed(self.config.run.seed, epoch, "sample", process)
+        noise_rng = torch.Generator(device=acc.device).manual_seed(noise_seed)
         self.family.denoiser.eval()
         if cfg.single_image_seed is not None:  # the same x_T every epoch; the steps' noise fixed too, or fresh
             self._metadata = [{}]
-            if cfg.single_image_noise == "fixed":  # the image is then a function of the weights alone
-                noise_rng.manual_seed(epoch_seed(cfg.single_image_seed, 0, "single_image_steps"))
             return self._sample([cfg.prompts[0]], noise_rng, self._single_image_noise())
         parts, self._metadata = [], []
         for b in range(cfg.num_batches_per_epoch):
@@ -325,9 +327,8 @@ class Trainer:
 
     def _single_image_noise(self) -> torch.Tensor:
         """Single-image mode's initial latents [1, C, h, w], drawn from sample.single_image_seed."""
-        device = self.accelerator.device
-        generator = torch.Generator(device=device).manual_seed(self.config.sample.single_image_seed)
-        return torch.randn((1, *self.latent_shape), generator=generator, device=device)
+        generator = torch.Generator(device=self.accelerator.device).manual_seed(self.config.sample.single_image_seed)
+        return self.family.initial_noise(1, self.latent_shape, generator)
 
     # reward ----------------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
