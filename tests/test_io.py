@@ -5,7 +5,7 @@ import stat
 
 import pytest
 
-from pxpo.io import atomic_directory, atomic_file, atomic_write_text
+from pxpo.io import atomic_directory, atomic_file, atomic_write_text, is_leftover
 
 
 def mode(path):
@@ -64,3 +64,17 @@ def test_a_run_folder_has_one_writer_across_processes(tmp_path):
     RunFolder(tmp_path / "run").lock()
     RunFolder(tmp_path / "run").lock()  # again in the same process: a no-op
     assert RunFolder(tmp_path / "run").is_empty()  # only the lock: a re-run may use the folder
+
+
+def test_every_temporary_name_the_writers_make_is_recognised_as_a_crash_leftover(tmp_path):
+    seen = []
+    for target in ("seed_0000.png", "metrics.jsonl"):
+        with atomic_file(tmp_path / target) as tmp:
+            seen.append(tmp.name)
+            tmp.write_bytes(b"x")
+    folder = tmp_path / "lora"
+    with atomic_directory(folder) as tmp:
+        seen.append(tmp.name)
+    assert seen and all(is_leftover(name) for name in seen), seen
+    assert not any(is_leftover(p.name) for p in tmp_path.iterdir())  # what they leave on success is kept
+    assert not is_leftover(".lock") and not is_leftover("metrics.jsonl") and not is_leftover(".hidden")

@@ -28,20 +28,12 @@ def _plain_mode(path: str | Path, directory: bool = False) -> None:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
+    """Write ``data`` to ``path`` through a temporary file in the same folder, flushed to disk, and a rename."""
+    with atomic_file(path) as tmp:
+        with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        _plain_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
@@ -52,12 +44,21 @@ def atomic_write_json(path: str | Path, value: object) -> None:
     atomic_write_text(path, json.dumps(value, indent=2) + "\n")
 
 
+def is_leftover(name: str) -> bool:
+    """Whether a file or folder name is one the writers here make while writing (left behind only by a crash):
+    ``.NAME.*.tmp`` (files), ``.NAME.tmp-*`` and ``.NAME.old-*`` (folders)."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name or ".old-" in name)
+
+
 @contextmanager
 def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only on success."""
+    """Yield a temporary path beside ``path`` to write to; it replaces ``path`` only on success.
+
+    The temporary name ends in ``.tmp``, not in ``path``'s suffix: writers must name the format themselves.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=path.suffix)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         yield Path(tmp)

@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from pxpo.io import atomic_directory, atomic_write_text, save_image
+from pxpo.io import atomic_directory, atomic_write_text, is_leftover, save_image
 
 CHECKPOINT_PREFIX = "epoch_"
 LOCK_NAME = ".lock"
@@ -103,15 +103,14 @@ class RunFolder:
         _HELD[key] = handle
 
     def remove_leftovers(self) -> list[Path]:
-        """Delete what interrupted atomic writes left (hidden ``.NAME.tmp-*``, ``.NAME.old-*``, ``.NAME.*.tmp``); call
-        with the lock held. Returns what was removed."""
+        """Delete what interrupted atomic writes left (``pxpo.io.is_leftover``); call with the lock held. Returns
+        what was removed."""
         removed = []
         for folder in (self.path, self.checkpoints, *sorted(self.eval_dir.glob("*"))):
             if not folder.is_dir():
                 continue
             for entry in folder.iterdir():
-                name = entry.name
-                if name.startswith(".") and (".tmp-" in name or ".old-" in name or name.endswith(".tmp")):
+                if is_leftover(entry.name):
                     shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
                     removed.append(entry)
         return removed
