@@ -370,6 +370,26 @@ def test_sample_refuses_bad_options_before_loading_and_a_run_without_weights(tmp
     assert "has no trained weights (no lora/ nor unet/): nothing to sample" in capsys.readouterr().err
 
 
+def test_sample_loads_a_run_s_base_model_as_it_was_trained_also_from_a_single_file(tmp_path, capsys, monkeypatch):
+    import pxpo.models
+
+    checkpoint, architecture = tmp_path / "model.safetensors", tmp_path / "architecture"
+    checkpoint.write_bytes(b"")
+    architecture.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text(f'[model]\npretrained = "{checkpoint}"\nsingle_file_config = "{architecture}"\n')
+    calls = []
+
+    def load_pipeline(name, **kwargs):  # records how the base model is asked for, then stops the command
+        calls.append((name, kwargs))
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(pxpo.models, "load_pipeline", load_pipeline)
+    assert main(["sample", str(run), "--prompt", "p", "--out", str(tmp_path / "x.png")]) == 2
+    assert calls == [(str(checkpoint), {"single_file_config": str(architecture)})]
+
+
 def test_training_settings_take_effect(make_config):
     """gradient accumulation, inner epochs with clipping engaged, and a fraction of the steps."""
     def run(**train):

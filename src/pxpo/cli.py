@@ -230,7 +230,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--out {args.out!r}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
     run = RunFolder(args.model)
     if run.config.is_file():
-        pipe = load_pipeline(load_config(run.config).model.pretrained)
+        model = load_config(run.config).model
+        pipe = load_pipeline(model.pretrained, single_file_config=model.single_file_config)  # the run's base model, as trained
         family = family_for(pipe)
         full = run.denoiser(family.denoiser_name)
         if run.lora.is_dir():
