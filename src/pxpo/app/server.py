@@ -148,7 +148,7 @@ def create_app(
 
     @app.get("/api/sessions/{name}/export.png")
     def export_png(name: str) -> FileResponse:
-        figure = manager.get(name).folder / "feedback_evolution.png"
+        figure = manager.get(name).figure_path
         if not figure.exists():
             raise SessionError(f"session {name!r} has not been exported yet", status=404)
         return FileResponse(figure, media_type="image/png", headers={"Cache-Control": "no-store"})

@@ -146,11 +146,15 @@ class Session:
 
     def painted_overlay(self, step: int) -> Path:
         """The image of ``step`` with the map painted on it blended in (the "before" of the next step)."""
-        values = self._painted_map(step)
         target = self.folder / "feedback" / f"step_{step:04d}.overlay.png"
         if not target.exists():
-            save_image(overlay_feedback(Image.open(self.image_path(step)), values), target)
+            save_image(overlay_feedback(Image.open(self.image_path(step)), self._painted_map(step)), target)
         return target
+
+    @property
+    def figure_path(self) -> Path:
+        """Where ``export_figure`` draws the feedback-evolution figure."""
+        return self.folder / "feedback_evolution.png"
 
     def export_figure(self, max_columns: int = 8) -> Path:
         """The paper's Fig. 1/7 layout: row 1 the image at each step, row 2 the feedback painted on it."""
@@ -158,7 +162,7 @@ class Session:
         overlays = []
         for step in steps:
             overlays.append(self.painted_overlay(step) if self.feedback_path(step).exists() else self.image_path(step))
-        figure = self.folder / "feedback_evolution.png"
+        figure = self.figure_path
         plot_image_grid(
             [[self.image_path(s) for s in steps], overlays],
             ["image", "feedback"],
@@ -213,7 +217,9 @@ class SessionManager:
 
         folder = self.folder(name)
         if name in self.sessions:
-            return self._same(self.sessions[name], model, prompt, seed)
+            session = self.sessions[name]
+            _check_same(name, session.config, model, prompt, seed)
+            return session
         feedback = PaintedFeedback()
         if (folder / "config.toml").is_file():
             from pxpo.config import load_config
@@ -221,6 +227,7 @@ class SessionManager:
             from pxpo.rewards import injected_reward_name
 
             config = load_config(folder / "config.toml")
+            _check_same(name, config, model, prompt, seed)  # before the model is loaded
             if config.reward.name == "painted":  # sessions written before injected rewards were recorded by their name
                 config.reward.name = injected_reward_name(feedback)
             trainer = Trainer(config, reward_fn=feedback, run_dir=folder, resume=True, progress=False)
@@ -238,18 +245,6 @@ class SessionManager:
             trainer.begin()
         session = Session(folder, trainer, feedback)
         self.sessions[name] = session
-        return self._same(session, model, prompt, seed)
-
-    @staticmethod
-    def _same(session: Session, model: str | None, prompt: str | None, seed: int | None) -> Session:
-        """An existing session opened with a model, prompt or seed must name its own (409 otherwise, nothing changed)."""
-        config = session.config
-        given = {"model": model, "prompt": prompt.strip() if isinstance(prompt, str) else prompt, "seed": seed}
-        own = {"model": config.model.pretrained, "prompt": config.sample.prompts[0], "seed": config.sample.single_image_seed}
-        for key, value in given.items():
-            if value not in (None, "") and value != own[key]:
-                raise SessionError(f"session {session.folder.name!r} already exists with {key} {own[key]!r} (not {value!r}): "
-                                   "open it as it is, or choose another session name", status=409)  # fmt: skip
         return session
 
     def get(self, name: str) -> Session:
@@ -257,6 +252,16 @@ class SessionManager:
         if name not in self.sessions and not (folder / "config.toml").is_file():
             raise SessionError(f"no session named {name!r}", status=404)
         return self.open(name)
+
+
+def _check_same(name: str, config: Config, model: str | None, prompt: str | None, seed: int | None) -> None:
+    """An existing session opened with a model, prompt or seed must name its own (409 otherwise, nothing changed)."""
+    given = {"model": model, "prompt": prompt.strip() if isinstance(prompt, str) else prompt, "seed": seed}
+    own = {"model": config.model.pretrained, "prompt": config.sample.prompts[0], "seed": config.sample.single_image_seed}
+    for key, value in given.items():
+        if value not in (None, "") and value != own[key]:
+            raise SessionError(f"session {name!r} already exists with {key} {own[key]!r} (not {value!r}): "
+                               "open it as it is, or choose another session name", status=409)  # fmt: skip
 
 
 def parse_painted_map(body: bytes, width: int, height: int, expected: tuple[int, int], max_bytes: int) -> np.ndarray:
