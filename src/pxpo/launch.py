@@ -97,12 +97,11 @@ def check_launch(config: Config) -> None:
 
 
 def check_trackers(names: Sequence[str]) -> None:
-    """Each tracker's package must be importable: say which to install before any work."""
-    packages = {"tensorboard": "tensorboard", "wandb": "wandb", "comet_ml": "comet_ml", "mlflow": "mlflow", "aim": "aim",
-                "clearml": "clearml", "dvclive": "dvclive"}  # fmt: skip
+    """Each tracker's package (named as the tracker, for every one accelerate knows) must be importable: say which
+    to install before any work."""
     for name in names:
-        if importlib.util.find_spec(packages[name]) is None:
-            raise ConfigError(f"run.log_with = {list(names)}: {name!r} needs its package: pip install {packages[name]}")
+        if importlib.util.find_spec(name) is None:
+            raise ConfigError(f"run.log_with = {list(names)}: {name!r} needs its package: pip install {name}")
 
 
 def flat_config(config: Config) -> dict[str, int | float | str | bool]:

@@ -27,6 +27,7 @@ from pxpo.progress import bar
 from transformers import CLIPTextModel, SegformerConfig, SegformerForSemanticSegmentation, SegformerImageProcessor
 
 from pxpo.io import atomic_directory
+from pxpo.world import WEIGHTS
 from pxpo.world.architecture import (
     build_tiny_sd3_pipeline,
     build_tokenizer,
@@ -40,7 +41,7 @@ from pxpo.world.scenes import CLASSES, ID2LABEL, LABEL2ID, render_dataset
 logger = logging.getLogger(__name__)
 
 HELD_OUT_SEED = 10_000_000  # renders from this seed on are never trained on
-BUNDLED_VAE = Path(__file__).parent / "weights" / "pxpo-tiny" / "vae"
+BUNDLED_VAE = WEIGHTS / "pxpo-tiny" / "vae"
 
 
 @dataclass
