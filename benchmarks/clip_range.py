@@ -27,7 +27,7 @@ from pxpo.losses import ddpo_loss, pxpo_loss  # noqa: E402
 from pxpo.families import family_for  # noqa: E402
 from pxpo.models import load_pipeline  # noqa: E402
 from pxpo.rewards import load_reward  # noqa: E402
-from pxpo.sampling import recompute_log_prob, sample_trajectories  # noqa: E402
+from pxpo.rollout import recompute_log_prob, sample_trajectories  # noqa: E402
 
 CANDIDATES = [1e-4, 1e-3, 2e-3, 3e-3, 1e-2, 3e-2, 1e-1]
 

@@ -10,7 +10,8 @@ from diffusers import DDIMScheduler, DiffusionPipeline, FlowMatchEulerDiscreteSc
 from pxpo.families import family_for
 from pxpo.families.flux import pack, unpack
 from pxpo.losses import ddpo_loss, pxpo_loss
-from pxpo.sampling import flow_step_with_logprob, recompute_log_prob, sample_trajectories
+from pxpo.rollout import recompute_log_prob, sample_trajectories
+from pxpo.sampling import flow_step_with_logprob
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_flux_pipeline, build_tiny_sd3_pipeline, flow_scheduler_config
 

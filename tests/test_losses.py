@@ -110,7 +110,7 @@ def test_one_on_policy_update_moves_log_probs_the_way_the_advantages_point(tiny_
     (first order: it is lr times a squared gradient norm), so the left half (advantage +1) gains against the right
     half (advantage -1), and elements with advantage 0 contribute nothing to the step."""
     from pxpo.families import family_for
-    from pxpo.sampling import recompute_log_prob, sample_trajectories
+    from pxpo.rollout import recompute_log_prob, sample_trajectories
 
     family = family_for(tiny_pipe)
     family.add_lora(rank=4)

@@ -5,7 +5,8 @@ import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from pxpo.sampling import ddim_step_with_logprob, recompute_log_prob, sample_trajectories
+from pxpo.rollout import recompute_log_prob, sample_trajectories
+from pxpo.sampling import ddim_step_with_logprob
 from pxpo.world.architecture import scheduler_config
 
 SHAPE = (3, 4, 8, 8)

@@ -32,7 +32,7 @@ _EXPORTS = {
     "scalar_as_heatmap": "pxpo.rewards",
     "family_for": "pxpo.families",
     "register_family": "pxpo.families",
-    "sample_trajectories": "pxpo.sampling",
+    "sample_trajectories": "pxpo.rollout",
     "ddim_step_with_logprob": "pxpo.sampling",
     "flow_step_with_logprob": "pxpo.sampling",
     "pxpo_loss": "pxpo.losses",

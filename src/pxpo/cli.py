@@ -218,7 +218,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from pxpo.io import save_image
     from pxpo.models import load_pipeline
     from pxpo.run_folder import RunFolder, to_pil
-    from pxpo.sampling import sample_trajectories
+    from pxpo.rollout import sample_trajectories
 
     if not 0 < args.eta <= 1:
         raise ValueError(f"--eta {args.eta}: expected a number in (0, 1]")

@@ -7,9 +7,9 @@ x_next ~ N(mean_theta(x, t, c), std_t^2 I). Two such steps are here:
 - ``flow_step_with_logprob``: the SDE of Flow-GRPO for flow-matching models (SD3, FLUX).
 
 PXPO needs the log-probability of every latent element separately, so nothing here reduces over
-elements; the reduction belongs in the loss. ``sample_trajectories`` and ``recompute_log_prob`` run
-the same loop for every family (``pxpo.families``): latents always live on the family's latent grid
-[B, C, h, w] (FLUX's packed tokens are unpacked by its family), where heatmaps meet them.
+elements; the reduction belongs in the loss. The data types that carry sampled steps (``StepOutput``,
+``Conditioning``, ``Trajectories``) live here too; the loop that runs a family's denoiser through these
+steps is ``pxpo.rollout``, one layer up.
 
 Shapes: B batch, T denoising steps, C latent channels, h x w latent grid.
 """
@@ -18,19 +18,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
-
-from pxpo.progress import bar
-
-if TYPE_CHECKING:
-    from diffusers import DiffusionPipeline
-
-    from pxpo.families import ModelFamily
 
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
@@ -249,6 +241,7 @@ class Trajectories:
         latents: [B, T + 1, C, h, w]: the initial noise ... the final latents, on the latent grid.
         log_probs: [B, T, C, h, w]: per-element log p(latents[:, j + 1] | latents[:, j]).
         images: [B, 3, H, W] decoded final latents in [0, 1].
+        metadata: B dicts that travel with the samples to the reward (the prompt's extras, the epoch, ...).
     """
 
     prompts: list[str]
@@ -257,6 +250,7 @@ class Trajectories:
     latents: torch.Tensor
     log_probs: torch.Tensor
     images: torch.Tensor
+    metadata: list[dict] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -271,99 +265,5 @@ class Trajectories:
             latents=torch.cat([p.latents for p in parts]),
             log_probs=torch.cat([p.log_probs for p in parts]),
             images=torch.cat([p.images for p in parts]),
+            metadata=[m for part in parts for m in part.metadata],
         )
-
-
-@torch.no_grad()
-def sample_trajectories(
-    model: DiffusionPipeline | ModelFamily,
-    prompts: Sequence[str],
-    *,
-    num_steps: int,
-    guidance_scale: float,
-    noise_level: float,
-    generator: Generator = None,
-    height: int | None = None,
-    width: int | None = None,
-    initial_noise: torch.Tensor | None = None,
-    progress: bool = False,
-    desc: str = "sampling",
-) -> Trajectories:
-    """Sample one trajectory per prompt with the model's denoiser as the policy.
-
-    The same generator(s) give the same trajectories: pass one generator per sample (a list) to make
-    each sample depend on its own seed only. For Stable Diffusion with equal eta and seeds, the images
-    equal those of ``pipe(prompts, eta=eta, generator=...)``.
-
-    Args:
-        model: a supported diffusers pipeline (StableDiffusionPipeline, StableDiffusion3Pipeline,
-            FluxPipeline) or a ``pxpo.families.ModelFamily`` wrapping one.
-        prompts: B prompts.
-        num_steps: T, the number of denoising steps.
-        guidance_scale: classifier-free guidance weight (> 1 turns it on); FLUX's guidance embedding.
-        noise_level: the policy's noise: DDIM's eta (SD) or the SDE's noise level (flow families); > 0.
-        generator: torch generator, or a list of B generators.
-        height, width: image size in pixels (both or neither); defaults to the model's native size.
-        initial_noise: the initial latents [B, C, h, w]; drawn from ``generator`` when None (the
-            generator then also draws the steps' noise).
-        progress: show a progress bar over the steps (on a terminal), labelled ``desc``.
-
-    Returns:
-        Trajectories with latents [B, T + 1, C, h, w], log_probs [B, T, C, h, w], images [B, 3, H, W].
-    """
-    from pxpo.families import as_family
-
-    family = as_family(model)
-    latent_shape = family.latent_shape(height, width)
-    conditioning = family.encode_prompts(list(prompts), guidance_scale)
-    timesteps = family.set_timesteps(num_steps, latent_shape)
-    latents = initial_noise.float() if initial_noise is not None else family.initial_noise(len(prompts), latent_shape, generator)
-    all_latents, all_log_probs = [latents], []
-    for t in bar(timesteps, desc=desc, enabled=progress):
-        model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
-        step = family.step(model_output, t, latents, noise_level, generator=generator)
-        latents = step.prev_sample
-        all_latents.append(latents)
-        all_log_probs.append(step.log_prob)
-    return Trajectories(
-        prompts=list(prompts),
-        conditioning=conditioning,
-        timesteps=timesteps.clone(),
-        latents=torch.stack(all_latents, dim=1),
-        log_probs=torch.stack(all_log_probs, dim=1),
-        images=family.decode(latents),
-    )
-
-
-def recompute_log_prob(
-    model: DiffusionPipeline | ModelFamily,
-    denoiser: torch.nn.Module,
-    trajectories: Trajectories,
-    sample_index: torch.Tensor,
-    step_index: torch.Tensor,
-    *,
-    guidance_scale: float,
-    noise_level: float,
-) -> StepOutput:
-    """The current policy's log-probability of recorded steps, exactly as they were sampled.
-
-    Args:
-        model: the pipeline or ``ModelFamily`` that sampled (its scheduler holds the same timesteps).
-        denoiser: the policy's UNet or transformer (possibly wrapped for distributed training).
-        trajectories: the sampled batch.
-        sample_index: [b] which samples.
-        step_index: [b] which step j of each sample (the transition latents[j] -> latents[j + 1]).
-        guidance_scale, noise_level: as used while sampling.
-
-    Returns:
-        StepOutput whose log_prob [b, C, h, w] carries gradients into the denoiser.
-    """
-    from pxpo.families import as_family
-
-    family = as_family(model)
-    latents = trajectories.latents[sample_index, step_index]
-    timesteps = trajectories.timesteps[step_index]
-    model_output = family.predict(denoiser, latents, timesteps, trajectories.conditioning[sample_index], guidance_scale)
-    return family.step(
-        model_output, timesteps, latents, noise_level, prev_sample=trajectories.latents[sample_index, step_index + 1]
-    )

@@ -42,7 +42,8 @@ from pxpo.progress import bar
 from pxpo.reporting import Reporter, eval_prompts
 from pxpo.rewards import RewardFn, WeightedReward, build_reward, check_heatmaps, injected_reward_name
 from pxpo.run_folder import RunFolder, to_pil
-from pxpo.sampling import StepOutput, Trajectories, recompute_log_prob, sample_trajectories
+from pxpo.rollout import recompute_log_prob, sample_trajectories
+from pxpo.sampling import StepOutput, Trajectories
 
 logger = logging.getLogger(__name__)
 

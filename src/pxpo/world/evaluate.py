@@ -6,7 +6,7 @@ import numpy as np
 import torch
 
 from pxpo.rewards.segmentation import class_probabilities
-from pxpo.sampling import sample_trajectories
+from pxpo.rollout import sample_trajectories
 from pxpo.world.pretrain import HELD_OUT_SEED
 from pxpo.world.scenes import CLASSES, FAMILY_PROMPTS, KEY_CLASSES, class_presence, render_dataset
 
