@@ -13,7 +13,7 @@ from pxpo.app.server import create_app
 from pxpo.app.sessions import SessionError, parse_painted_map
 from pxpo.config import validate_config
 from pxpo.rewards.human import decode_feedback, encode_feedback
-from pxpo.run_folder import to_pil
+from pxpo.images import to_pil
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
 

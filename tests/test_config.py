@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from pxpo.config import ConfigError, apply_overrides, load_config, validate_config
+from pxpo.families.flow import FlowMatchingFamily
 from pxpo.rewards import RewardError
 from pxpo.trainer import Trainer
 
@@ -139,8 +140,8 @@ def test_every_shipped_config_validates_and_fits_its_model_family():
             continue
         family = family_for(builder())
         family.latent_shape(config.sample.height, config.sample.width)  # raises for a size the family cannot take
-        assert getattr(config.sample, family.noise_setting) > 0
-        if family.noise_setting == "noise_level":
+        assert family.policy_noise(config.sample.eta, config.sample.noise_level) > 0
+        if isinstance(family, FlowMatchingFamily):
             assert config.sample.group_size > 1 and config.advantage.normalization == "group_location", path
 
 

@@ -83,9 +83,10 @@ def test_weighted_reward_is_the_weighted_sum_and_keeps_each_term():
     reward = weighted_reward([{"name": "blue_penalty", "weight": 2.0}, {"name": "colour_channel", "weight": -0.5,
                               "kwargs": {"channel": "red", "sign": 1.0}, "label": "red"}])  # fmt: skip
     images = torch.rand(3, 3, 8, 8)
-    torch.testing.assert_close(reward(images, ["p"] * 3, [{}] * 3), 2.0 * -images[:, 2] - 0.5 * images[:, 0])
-    assert set(reward.last_terms) == {"blue_penalty", "red"}
-    torch.testing.assert_close(reward.last_terms["red"], images[:, 0].mean(dim=(1, 2)))
+    output = reward(images, ["p"] * 3, [{}] * 3)
+    torch.testing.assert_close(output.heatmaps, 2.0 * -images[:, 2] - 0.5 * images[:, 0])
+    assert set(output.terms) == {"blue_penalty", "red"}
+    torch.testing.assert_close(output.terms["red"], images[:, 0].mean(dim=(1, 2)))
     assert reward.name == "2 * blue_penalty + -0.5 * red"
 
 

@@ -17,7 +17,7 @@ from pxpo import quiet as _quiet  # noqa: E402
 
 _quiet.install()  # before transformers is imported: its import-time notices are filtered
 
-from pxpo import world as _world  # noqa: E402,F401  (registers the bundled models with pxpo.models)
+from pxpo import world as _world  # noqa: E402,F401  (registers the bundled models' names; imports no torch)
 
 # The public API at the top level, imported on first use (``import pxpo`` stays light).
 _EXPORTS = {

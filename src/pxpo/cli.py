@@ -25,15 +25,20 @@ EPILOG_SAMPLE = """examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pxpo import __version__
+
     parser = argparse.ArgumentParser(
         prog="pxpo", description="Fine-tune text-to-image diffusion models with pixel-wise feedback (PXPO) or DDPO."
     )
-    from pxpo import __version__
-
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("--version", action="version", version=f"pxpo {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_command in (_add_train_command, _add_sample_command, _add_app_command, _add_serve_reward_command, _add_pretrain_command):
+        add_command(commands)
+    return parser
 
+
+def _add_train_command(commands) -> None:
     train = commands.add_parser(
         "train",
         help="train with PXPO or DDPO from a TOML config",
@@ -48,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN", help="continue the run folder RUN from its latest checkpoint")
     train.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+
+def _add_sample_command(commands) -> None:
     sample = commands.add_parser(
         "sample",
         help="generate images from a model or a trained run",
@@ -66,6 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--height", type=int, help="image height in pixels (with --width; default: the model's)")
     sample.add_argument("--width", type=int, help="image width in pixels (with --height; default: the model's)")
     sample.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
+
+
+def _add_host_and_port(command: argparse.ArgumentParser, port: int) -> None:
+    command.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    command.add_argument("--port", type=int, default=port, help=f"port (default: {port})")
+
+
+def _add_app_command(commands) -> None:
     app = commands.add_parser(
         "app",
         help="the human-feedback web app: paint + and - on an image, train one step, see the change",
@@ -74,12 +89,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     app.add_argument("--sessions", default="sessions", help="folder of the sessions (default: sessions)")
     app.add_argument("--model", default="pxpo-tiny", help="default model for new sessions (default: pxpo-tiny)")
-    app.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    app.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
+    _add_host_and_port(app, port=8000)
     app.add_argument("--timesteps-per-forward", type=int, default=1, metavar="K",
                      help="denoising steps trained per UNet call in new sessions: same result, faster, more memory "
-                     "(default: 1; on a CPU with the bundled model, 20)")
+                     "(default: 1; on a CPU with the bundled model, 20)")  # fmt: skip
 
+
+def _add_serve_reward_command(commands) -> None:
     serve = commands.add_parser(
         "serve-reward",
         help="serve a heatmap reward over HTTP, for `reward.name = \"http\"` runs",
@@ -91,21 +107,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("reward", metavar="NAME_OR_MODULE", help="a registered reward (e.g. segmentation) or module:factory")
     serve.add_argument("--set", dest="kwargs", action="append", default=[], metavar="KEY=VALUE", help="a keyword argument of the reward's factory; VALUE is read as TOML (repeatable)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
-    serve.add_argument("--port", type=int, default=8100, help="port (default: 8100)")
+    _add_host_and_port(serve, port=8100)
 
+
+def _add_pretrain_command(commands) -> None:
     pretrain = commands.add_parser(
         "pretrain",
         help="re-train the bundled tiny models on the procedural world",
-        description="Render the procedural world and train the bundled text-to-image pipeline (pxpo-tiny: VAE, "
-        "then UNet and text encoder) and segmenter (pxpo-tiny-seg). Seeded and sized in steps: a re-run repeats the "
-        "work. The defaults are the bundled models' settings (about 50 minutes on 2 CPU cores).",
+        description="Render the procedural world and train the bundled text-to-image pipelines (pxpo-tiny: VAE, then UNet "
+        "and text encoder; pxpo-tiny-flow: transformer and text encoders, on pxpo-tiny's VAE) and segmenter (pxpo-tiny-seg). "
+        "Seeded and sized in steps: a re-run repeats the work. The defaults are the bundled models' settings (about 95 minutes "
+        "on 2 CPU cores, 45 of them for pxpo-tiny-flow).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    pretrain.add_argument("--out", default="pretrained", help="folder for pxpo-tiny/ and pxpo-tiny-seg/ (default: pretrained)")
-    pretrain.add_argument("--only", choices=["t2i", "flow", "segmenter"], help="train only one of the two")
+    pretrain.add_argument("--out", default="pretrained", help="folder for pxpo-tiny/, pxpo-tiny-flow/ and pxpo-tiny-seg/ (default: pretrained)")
+    pretrain.add_argument("--only", choices=["t2i", "flow", "segmenter"],
+                          help="train only one of the three: t2i (pxpo-tiny), flow (pxpo-tiny-flow) or segmenter (pxpo-tiny-seg)")  # fmt: skip
     pretrain.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE", help="override a PretrainSettings field, e.g. unet_steps=100 (repeatable)")
-    return parser
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -191,7 +209,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if "eval_reward_mean" in last:
         print(f"eval reward: {metrics[0]['eval_reward_mean']:.4f} (epoch 0) -> {last['eval_reward_mean']:.4f} (epoch {last['epoch']})")
     print(f"figures: {trainer.run.reward_curve}, {trainer.run.evolution}")
-    weights = trainer.run.lora if config.model.lora else trainer.run.denoiser(trainer.family.denoiser_name)
+    weights = trainer.run.weights(config.model.lora, trainer.family.denoiser_name)
     print(f"weights: {weights}  (pxpo sample {trainer.run.path} --prompt ...)")
     return 0
 
@@ -213,12 +231,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
     import torch
     from PIL import Image
 
-    from pxpo.config import load_config
     from pxpo.families import family_for
+    from pxpo.images import to_pil
     from pxpo.io import save_image
     from pxpo.models import load_pipeline
-    from pxpo.run_folder import RunFolder, to_pil
     from pxpo.rollout import sample_trajectories
+    from pxpo.run_folder import RunFolder, load_run_pipeline
 
     if not 0 < args.eta <= 1:
         raise ValueError(f"--eta {args.eta}: expected a number in (0, 1]")
@@ -228,22 +246,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-steps {args.num_steps}: expected at least 1")
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {args.out!r}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
-    run = RunFolder(args.model)
-    if run.config.is_file():
-        model = load_config(run.config).model
-        pipe = load_pipeline(model.pretrained, single_file_config=model.single_file_config)  # the run's base model, as trained
-        family = family_for(pipe)
-        full = run.denoiser(family.denoiser_name)
-        if run.lora.is_dir():
-            pipe.load_lora_weights(str(run.lora))
-        elif full.is_dir():
-            family.denoiser = type(family.denoiser).from_pretrained(str(full))
-        else:
-            raise ValueError(f"run folder {args.model!r} has no trained weights (no lora/ nor {full.name}/): nothing to sample")
-    else:
-        pipe = load_pipeline(args.model)
-        family = family_for(pipe)
-    noise_level = args.eta if family.noise_setting == "eta" else args.noise_level
+    pipe = load_run_pipeline(args.model)[0] if RunFolder(args.model).config.is_file() else load_pipeline(args.model)
+    family = family_for(pipe)
+    noise_level = family.policy_noise(args.eta, args.noise_level)
     images = sample_trajectories(
         family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,
         noise_level=noise_level, generator=[torch.Generator().manual_seed(seed) for seed in args.seed],

@@ -23,12 +23,6 @@ else:  # pragma: no cover
 import tomli_w
 
 
-# Default clip ranges. PXPO's is per element: benchmarks/clip_range.py found that 2e-3 clips about the
-# share of per-element ratios that DDPO's 1e-4 clips of element-mean ratios (docs/clip_range.md).
-DDPO_CLIP_RANGE = 1e-4
-PXPO_CLIP_RANGE = 2e-3
-
-
 class ConfigError(ValueError):
     """A configuration that cannot be run; the message names the key, the value and what was expected."""
 
@@ -105,7 +99,9 @@ class SampleConfig(_Section):
 
 
 class TrainConfig(_Section):
-    algorithm: Literal["pxpo", "ddpo"] = Field("pxpo", description="pxpo: per-pixel advantages; ddpo: one advantage per image.")
+    algorithm: str = Field(
+        "pxpo", description="A registered algorithm (pxpo.algorithms): pxpo (per-pixel advantages) or ddpo (one advantage per image; GRPO with groups)."
+    )
     learning_rate: float = Field(3e-4, gt=0, allow_inf_nan=False, description="AdamW learning rate.")
     adam_beta1: float = Field(0.9, ge=0, lt=1, description="AdamW beta1.")
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
@@ -130,9 +126,17 @@ class TrainConfig(_Section):
     clip_range: float | None = Field(
         None,
         gt=0,
-        description="PPO clip range on the ratio; unset: 1e-4 for ddpo (element-mean ratio), 2e-3 for pxpo (per-element ratio; docs/clip_range.md).",
+        description="PPO clip range on the ratio; unset: the algorithm's, 1e-4 for ddpo (element-mean ratio), 2e-3 for pxpo (per-element ratio; docs/clip_range.md).",
     )
     adv_clip_max: float = Field(5.0, gt=0, description="Advantages are clipped to +-this (inf: no clipping).")
+
+    @field_validator("algorithm")
+    @classmethod
+    def _registered(cls, value: str) -> str:
+        from pxpo.algorithms import algorithm_class
+
+        algorithm_class(value)  # a clear error naming the registered algorithms
+        return value
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clipped to this before each optimizer step (inf: off).")
 
 
@@ -208,7 +212,9 @@ class Config(_Section):
     def _consistent(self) -> Config:
         # Resolve defaults that depend on other fields, so the saved config says what ran.
         if self.train.clip_range is None:
-            self.train.clip_range = DDPO_CLIP_RANGE if self.train.algorithm == "ddpo" else PXPO_CLIP_RANGE
+            from pxpo.algorithms import algorithm_class
+
+            self.train.clip_range = algorithm_class(self.train.algorithm).default_clip_range
         if self.model.lora_alpha is None:
             self.model.lora_alpha = float(self.model.lora_rank)
         single = self.sample.single_image_seed

@@ -4,17 +4,21 @@
   feedback runs in one process;
 - ``stop_when_orphaned``: a launched worker exits within seconds once its launcher is gone;
 - ``stop_on_signals`` / ``raise_if_stopped``: SIGINT and SIGTERM end a run the way Ctrl-C does, reliably;
-- ``check_trackers`` / ``flat_config``: experiment trackers (``run.log_with``) and their hyperparameters.
+- ``check_trackers`` / ``flat_config`` / ``log_tracker_images``: experiment trackers (``run.log_with``), their
+  hyperparameters and images.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import threading
 import time
 from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
 
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
@@ -111,3 +115,24 @@ def flat_config(config: Config) -> dict[str, int | float | str | bool]:
         for key, value in values.items():
             flat[f"{section}.{key}"] = value if isinstance(value, (int, float, str, bool)) else str(value)
     return flat
+
+
+def log_tracker_images(trackers: Sequence, images, epoch: int) -> None:
+    """The evaluation images [N, 3, H, W] to each tracker: TensorBoard takes a tensor, the others PIL images."""
+    from pxpo.images import to_pil
+
+    for tracker in trackers:
+        values = {"eval_images": images.float().cpu()} if tracker.name == "tensorboard" else {"eval_images": [to_pil(i) for i in images]}
+        with contextlib.suppress(NotImplementedError, AttributeError):
+            tracker.log_images(values, step=epoch)
+
+
+def new_run_path(config: Config, config_name: str) -> Path:
+    """A new run's folder: ``run.output_dir / run.name`` (default: the config's name and the time, on the main
+    process's clock for every rank)."""
+    from accelerate.utils import broadcast_object_list
+
+    name = config.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    if process_state().num_processes > 1:
+        name = broadcast_object_list([name])[0]
+    return Path(config.run.output_dir) / name

@@ -2,7 +2,8 @@
 
 Bundled and built-in models register themselves (``pxpo.world`` registers ``pxpo-tiny``,
 ``pxpo-tiny-flow``, ``pxpo-tiny-seg`` and the random ``tiny-random*`` pipelines), the way rewards do;
-this module knows none of them by name.
+this module knows none of them by name. Registering and checking names imports no torch, diffusers or
+transformers (``import pxpo`` registers the bundled world); the functions that load import them.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from diffusers import DiffusionPipeline
-
-from pxpo.families import family_for
 from pxpo.quiet import disable_loading_bars
 
-PipelineSource = Path | Callable[[], DiffusionPipeline]
+if TYPE_CHECKING:
+    import torch
+    from diffusers import DiffusionPipeline
+
+PipelineSource = Path | Callable[[], "DiffusionPipeline"]
 
 _PIPELINES: dict[str, PipelineSource] = {}
 _SEGMENTERS: dict[str, Path] = {}
@@ -79,14 +81,17 @@ def _resolve(name_or_path: str, registry: dict[str, Path]) -> tuple[str, str]:
     return name_or_path, f"hub id {name_or_path!r} (no local folder of that name; is the hub reachable?)"
 
 
-def load_single_file(path: str, config: str | None = None, torch_dtype: torch.dtype = torch.float32) -> DiffusionPipeline:
+def load_single_file(path: str, config: str | None = None, torch_dtype: torch.dtype | None = None) -> DiffusionPipeline:
     """A pipeline from one original-format ``.safetensors`` checkpoint (e.g. a community SD v1.5 fine-tune).
 
     ``config``: a diffusers-layout folder or hub id with the same architecture (its ``model_index.json``
     names the pipeline class; default StableDiffusionPipeline). diffusers' ``from_single_file`` converts
-    the weights; without ``config`` it fetches the architecture's configs from the hub.
+    the weights; without ``config`` it fetches the architecture's configs from the hub. ``torch_dtype``:
+    default float32.
     """
     import diffusers
+    import torch
+    from diffusers import DiffusionPipeline
     from diffusers.loaders.single_file_utils import SingleFileComponentError
 
     class_name = "StableDiffusionPipeline"
@@ -95,12 +100,12 @@ def load_single_file(path: str, config: str | None = None, torch_dtype: torch.dt
     pipeline_class = getattr(diffusers, class_name)
     extra = {"safety_checker": None, "requires_safety_checker": False} if class_name == "StableDiffusionPipeline" else {}
     try:
-        return pipeline_class.from_single_file(path, config=config, torch_dtype=torch_dtype, **extra)
+        return pipeline_class.from_single_file(path, config=config, torch_dtype=torch_dtype or torch.float32, **extra)
     except (OSError, ValueError, KeyError, SingleFileComponentError) as error:
         raise ValueError(f"cannot load a {class_name} from the single file {path!r}: {error}") from error
 
 
-def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32, single_file_config: str | None = None) -> DiffusionPipeline:
+def load_pipeline(name_or_path: str, torch_dtype: torch.dtype | None = None, single_file_config: str | None = None) -> DiffusionPipeline:
     """A pipeline of a supported family, ready to sample as a policy.
 
     ``name_or_path``: a registered name (``pxpo-tiny``, ``pxpo-tiny-flow``, ``tiny-random``, ...), a
@@ -109,8 +114,14 @@ def load_pipeline(name_or_path: str, torch_dtype: torch.dtype = torch.float32, s
     ``black-forest-labs/FLUX.1-dev``), or a single-file ``.safetensors`` checkpoint (``load_single_file``,
     with ``single_file_config`` naming its architecture). The family's sampler is set up as for an injected pipeline
     (``pxpo.families``): SD's scheduler becomes a DDIMScheduler with ``set_alpha_to_one`` off. No
-    safety checker is loaded.
+    safety checker is loaded. ``torch_dtype``: default float32.
     """
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from pxpo.families import family_for
+
+    torch_dtype = torch_dtype or torch.float32
     check_model_reference(name_or_path)
     disable_loading_bars()
     source = _PIPELINES.get(name_or_path)
@@ -166,6 +177,8 @@ def load_trainable_state_dict(module: torch.nn.Module, state: dict[str, torch.Te
     if set(state) != expected:
         missing, extra = sorted(expected - set(state))[:3], sorted(set(state) - expected)[:3]
         raise ValueError(f"checkpoint does not match the model's trainable parameters (missing {missing}, unexpected {extra})")
+    import torch
+
     params = dict(module.named_parameters())
     with torch.no_grad():
         for name, value in state.items():

@@ -15,18 +15,13 @@ import torch
 from pxpo.config import Config
 from pxpo.plots import pick_columns, plot_image_grid, plot_reward_curve
 from pxpo.run_folder import RunFolder
+from pxpo.schedule import eval_prompts
 
 logger = logging.getLogger(__name__)
 
 MAX_EVOLUTION_COLUMNS = 8
 MAX_EVOLUTION_ROWS = 8
 SHOWN_METRICS = ("reward_mean", "eval_reward_mean", "approx_kl", "clipfrac", "kl")
-
-
-def eval_prompts(config: Config) -> list[str]:
-    """The prompt of each evaluation seed (eval.prompts, or sample.prompts, cycled over eval.seeds)."""
-    prompts = config.eval.prompts or config.sample.prompts
-    return [prompts[i % len(prompts)] for i in range(len(config.eval.seeds))]
 
 
 class Reporter:

@@ -10,7 +10,10 @@ Shapes: B batch, T denoising steps, C latent channels, h x w latent grid, H x W 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 
 import torch
 from diffusers import DiffusionPipeline
@@ -116,3 +119,43 @@ def recompute_log_prob(
     return family.step(
         model_output, timesteps, latents, noise_level, prev_sample=trajectories.latents[sample_index, step_index + 1]
     )
+
+
+@dataclass
+class Policy:
+    """The policy being trained: a family's denoiser with the sampler's settings, scoring recorded steps.
+
+    Attributes:
+        family: the model family.
+        denoiser: the trained network as it is called (possibly wrapped for distributed training).
+        guidance_scale, noise_level: as used while sampling.
+        autocast: a context manager factory around denoiser calls (accelerate's mixed precision).
+        unwrapped: the same network unwrapped (it holds the LoRA adapters); default: ``denoiser``.
+    """
+
+    family: ModelFamily
+    denoiser: torch.nn.Module
+    guidance_scale: float
+    noise_level: float
+    autocast: Callable[[], AbstractContextManager] = contextlib.nullcontext
+    unwrapped: torch.nn.Module | None = None
+
+    def log_prob(self, trajectories: Trajectories, rows: torch.Tensor, steps: torch.Tensor) -> StepOutput:
+        """The current policy's step (sample ``rows[i]``, step ``steps[i]``) [b, C, h, w], with gradients."""
+        with self.autocast():
+            return recompute_log_prob(
+                self.family, self.denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale, noise_level=self.noise_level
+            )
+
+    @torch.no_grad()
+    def reference_log_prob(self, trajectories: Trajectories, rows: torch.Tensor, steps: torch.Tensor) -> StepOutput:
+        """The reference policy's step: the same weights with the LoRA adapters switched off (no gradient)."""
+        denoiser = self.unwrapped if self.unwrapped is not None else self.denoiser
+        denoiser.disable_adapters()
+        try:
+            with self.autocast():
+                return recompute_log_prob(
+                    self.family, denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale, noise_level=self.noise_level
+                )
+        finally:
+            denoiser.enable_adapters()

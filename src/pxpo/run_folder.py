@@ -16,15 +16,27 @@ Every file is written atomically; checkpoints hold safetensors and JSON only (no
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
-from PIL import Image
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from pxpo.config import ConfigError, load_config
+from pxpo.images import to_pil
 from pxpo.io import atomic_directory, atomic_write_text, is_leftover, save_image
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from pxpo.config import Config
+    from pxpo.families import ModelFamily
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "epoch_"
 LOCK_NAME = ".lock"
@@ -33,12 +45,6 @@ _HELD: dict[Path, object] = {}  # run folders this process holds the lock of (op
 
 class RunFolderBusy(ValueError):
     """Another process is writing the run folder."""
-
-
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """[3, H, W] float in [0, 1] -> PIL RGB image."""
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(np.ascontiguousarray(array))
 
 
 def flatten_optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], list[dict]]:
@@ -62,7 +68,7 @@ def unflatten_optimizer_state(tensors: dict[str, torch.Tensor], param_groups: li
 
 
 class RunFolder:
-    """Paths and readers/writers of one run folder."""
+    """One run folder: its paths, readers and writers, and its lifecycle (open, lock, resume, checkpoints, weights)."""
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -73,6 +79,66 @@ class RunFolder:
         self.eval_dir = self.path / "eval"
         self.lora = self.path / "lora"
         self.checkpoints = self.path / "checkpoints"
+
+    @classmethod
+    def open(cls, path: str | Path, resume: bool, is_main: bool) -> RunFolder:
+        """The folder of a new run (absent or empty) or of one to resume (it has a config.toml), locked by the main
+        process before anything is written. A start that failed before its first checkpoint is cleared for a re-run."""
+        run = cls(path)
+        if resume:
+            if not run.config.exists():
+                raise ConfigError(f"cannot resume {str(run.path)!r}: it has no config.toml (not a run folder)")
+            if is_main:
+                run.lock()  # one writer per run folder, from here until this process ends
+            return run
+        if is_main:
+            run.lock()  # before looking inside: a run starting at the same moment cannot slip in between
+            if not run.is_empty() and not run.list_checkpoints() and run.config.exists() and not run.lora.exists():
+                logger.warning("%s holds a start that failed before its first checkpoint: starting afresh", run.path)
+                run.clear()
+        if not run.is_empty():
+            raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
+        return run
+
+    def resume(self, restore: Callable[[dict[str, torch.Tensor], dict, dict], None], is_main: bool) -> int:
+        """Repair what a crash left, then ``restore(trainable, optimizer_state, state)`` from the newest intact
+        checkpoint (a damaged one is skipped, saying so); metrics after it are dropped. Returns its epoch (0: none)."""
+        if is_main:
+            for leftover in self.remove_leftovers():
+                logger.info("removed %s (left by an interrupted write)", leftover)
+        checkpoints = self.list_checkpoints()
+        if not checkpoints:  # keep epoch 0's evaluation (an app session that was opened but never trained shows it)
+            logger.info("%s has no checkpoint: starting from epoch 1", self.path)
+            epoch = 0
+        else:
+            for path in reversed(checkpoints):
+                try:
+                    trainable, optimizer_state, state = self.load_checkpoint(path)
+                    restore(trainable, optimizer_state, state)
+                    break
+                except (OSError, ValueError, KeyError, SafetensorError) as error:  # a truncated file, bad JSON, ...
+                    logger.warning("checkpoint %s is damaged (%s): trying the one before it", path, error)
+            else:
+                raise ConfigError(f"cannot resume {str(self.path)!r}: every checkpoint is damaged ({', '.join(p.name for p in checkpoints)})")
+            epoch = state["epoch"]
+        if is_main:
+            self.write_metrics([m for m in self.read_metrics() if m["epoch"] <= epoch])
+        return epoch
+
+    # weights -------------------------------------------------------------------------------------
+    def weights(self, lora: bool, denoiser_name: str) -> Path:
+        """Where the run's loadable weights are: lora/ (``pipe.load_lora_weights``) or the whole denoiser's folder."""
+        return self.lora if lora else self.denoiser(denoiser_name)
+
+    def save_weights(self, family: ModelFamily, denoiser: torch.nn.Module, lora: bool) -> Path:
+        """Write the loadable weights of ``denoiser`` (unwrapped) atomically; return their folder."""
+        target = self.weights(lora, family.denoiser_name)
+        if lora:
+            family.save_lora(denoiser, target)
+        else:
+            with atomic_directory(target) as tmp:
+                denoiser.save_pretrained(tmp, safe_serialization=True)
+        return target
 
     def lock(self) -> None:
         """Become the run folder's one writer, or raise RunFolderBusy naming the process that is.
@@ -189,3 +255,23 @@ class RunFolder:
         state = json.loads((path / "state.json").read_text())
         optimizer_state = unflatten_optimizer_state(load_file(path / "optimizer.safetensors"), state.pop("param_groups"))
         return load_file(path / "trainable.safetensors"), optimizer_state, state
+
+
+def load_run_pipeline(path: str | Path) -> tuple[DiffusionPipeline, Config]:
+    """A run folder's base model with its trained weights (LoRA or the whole denoiser), and the run's config."""
+    from pxpo.families import family_for
+    from pxpo.models import load_pipeline
+
+    run = RunFolder(path)
+    config = load_config(run.config)
+    model = config.model
+    pipe = load_pipeline(model.pretrained, single_file_config=model.single_file_config)  # the run's base model, as trained
+    family = family_for(pipe)
+    weights = run.weights(model.lora, family.denoiser_name)
+    if not weights.is_dir():
+        raise ConfigError(f"run folder {str(run.path)!r} has no trained weights (no {weights.name}/): nothing to sample")
+    if model.lora:
+        pipe.load_lora_weights(str(weights))
+    else:
+        family.denoiser = type(family.denoiser).from_pretrained(str(weights))
+    return pipe, config

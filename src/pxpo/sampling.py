@@ -24,6 +24,8 @@ import torch
 from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
+from pxpo.diffusers_private import threshold_sample
+
 _LOG_SQRT_2PI = math.log(math.sqrt(2 * math.pi))
 
 Generator = torch.Generator | Sequence[torch.Generator] | None
@@ -128,7 +130,7 @@ def ddim_step_with_logprob(
         raise ValueError(f"scheduler prediction_type = {prediction_type!r}: expected 'epsilon', 'v_prediction' or 'sample'")
 
     if scheduler.config.thresholding:
-        x0_hat = scheduler._threshold_sample(x0_hat)
+        x0_hat = threshold_sample(scheduler, x0_hat)
     elif scheduler.config.clip_sample:
         limit = scheduler.config.clip_sample_range
         x0_hat = x0_hat.clamp(-limit, limit)

@@ -23,11 +23,12 @@ from pxpo.config import Config, validate_config
 from pxpo.io import save_image
 from pxpo.plots import pick_columns, plot_image_grid
 from pxpo.models import check_model_reference
-from pxpo.rewards.human import ALLOWED_VALUES, PaintedFeedback, decode_feedback, encode_feedback, feedback_layer, overlay_feedback
+from pxpo.rewards.human import ALLOWED_VALUES, PAINTED_KEY, decode_feedback, encode_feedback, feedback_layer, feedback_name, overlay_feedback
 from pxpo.run_folder import RunFolder
 
 SESSION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")  # matched in full (fullmatch): no trailing newline
 MAX_SEED = 2**63 - 1
+OLD_PAINTED_NAME = "injected:pxpo.rewards.human.PaintedFeedback"  # how sessions of earlier versions recorded the painted reward
 
 
 class SessionError(ValueError):
@@ -71,10 +72,9 @@ def session_config(
 class Session:
     """One person's image being trained step by step."""
 
-    def __init__(self, folder: Path, trainer, feedback: PaintedFeedback) -> None:
+    def __init__(self, folder: Path, trainer) -> None:
         self.folder = folder
         self.trainer = trainer
-        self.feedback = feedback
         self.run = RunFolder(folder)
 
     @property
@@ -89,7 +89,11 @@ class Session:
         return self.run.eval_image_path(step, self.config.sample.single_image_seed)
 
     def feedback_path(self, step: int) -> Path:
-        return self.folder / "feedback" / f"step_{step:04d}.feedback.png"
+        return self._feedback_file(step, "feedback")
+
+    def _feedback_file(self, step: int, kind: str) -> Path:
+        """feedback/step_0003.{kind}.png: the painted map ("feedback"), its layer or its overlay on the image."""
+        return self.folder / "feedback" / f"{feedback_name(step)}.{kind}.png"
 
     def image_size(self) -> tuple[int, int]:
         """(width, height) of the session's images."""
@@ -108,8 +112,7 @@ class Session:
         if not np.any(values):
             raise SessionError("paint something first: an empty map would train nothing")
         save_image(encode_feedback(values), self.feedback_path(step))
-        self.feedback.set(values)
-        self.trainer.step(step + 1)  # checkpoint_every = 1: every step is saved
+        self.trainer.step(step + 1, metadata={PAINTED_KEY: values})  # checkpoint_every = 1: every step is saved
         return self.state()
 
     def state(self) -> dict:
@@ -133,7 +136,7 @@ class Session:
 
     def map_layer(self, step: int) -> Path:
         """The map painted on image ``step`` as a transparent layer (the page's "previous map" overlay)."""
-        target = self.folder / "feedback" / f"step_{step:04d}.layer.png"
+        target = self._feedback_file(step, "layer")
         if not target.exists():
             save_image(feedback_layer(self._painted_map(step)), target)
         return target
@@ -146,7 +149,7 @@ class Session:
 
     def painted_overlay(self, step: int) -> Path:
         """The image of ``step`` with the map painted on it blended in (the "before" of the next step)."""
-        target = self.folder / "feedback" / f"step_{step:04d}.overlay.png"
+        target = self._feedback_file(step, "overlay")
         if not target.exists():
             save_image(overlay_feedback(Image.open(self.image_path(step)), self._painted_map(step)), target)
         return target
@@ -220,17 +223,14 @@ class SessionManager:
             session = self.sessions[name]
             _check_same(name, session.config, model, prompt, seed)
             return session
-        feedback = PaintedFeedback()
         if (folder / "config.toml").is_file():
             from pxpo.config import load_config
 
-            from pxpo.rewards import injected_reward_name
-
             config = load_config(folder / "config.toml")
             _check_same(name, config, model, prompt, seed)  # before the model is loaded
-            if config.reward.name == "painted":  # sessions written before injected rewards were recorded by their name
-                config.reward.name = injected_reward_name(feedback)
-            trainer = Trainer(config, reward_fn=feedback, run_dir=folder, resume=True, progress=False)
+            if config.reward.name == OLD_PAINTED_NAME:  # sessions of versions whose painted reward was injected
+                config.reward.name = "painted"
+            trainer = Trainer(config, run_dir=folder, resume=True, progress=False)
         else:
             if not prompt or not prompt.strip():
                 raise SessionError("a new session needs a prompt")
@@ -241,9 +241,9 @@ class SessionManager:
             except ValueError as error:
                 raise SessionError(f"model {error}") from None
             config = session_config(model or self.default_model, prompt.strip(), seed, folder, timesteps_per_forward=self.timesteps_per_forward)
-            trainer = Trainer(config, reward_fn=feedback, run_dir=folder, progress=False)
+            trainer = Trainer(config, run_dir=folder, progress=False)
             trainer.begin()
-        session = Session(folder, trainer, feedback)
+        session = Session(folder, trainer)
         self.sessions[name] = session
         return session
 

@@ -53,14 +53,12 @@ class ModelFamily:
         pipe: the diffusers pipeline (its scheduler is the sampler; its denoiser is trained).
         name: a short name ("sd", "sd3", "flux").
         denoiser_name: the pipeline attribute holding the trained network ("unet" or "transformer").
-        noise_setting: the ``[sample]`` config field that sets the policy's noise ("eta" or "noise_level").
         lora_targets: module names LoRA adapts in the denoiser.
     """
 
     name: ClassVar[str]
     pipeline_classes: ClassVar[tuple[str, ...]] = ()
     denoiser_name: ClassVar[str]
-    noise_setting: ClassVar[str]
     lora_targets: ClassVar[tuple[str, ...]]
     lora_layers_argument: ClassVar[str]  # the save_lora_weights keyword for the denoiser's layers
     lora_key_format: ClassVar[str] = "peft"  # "diffusers": keys converted as diffusers' UNet LoRA scripts do
@@ -140,6 +138,10 @@ class ModelFamily:
         self, denoiser: torch.nn.Module, latents: torch.Tensor, timesteps: torch.Tensor, conditioning: Conditioning, guidance_scale: float
     ) -> torch.Tensor:
         """The (guided) model output [B, C, h, w] for latents [B, C, h, w] at timesteps [B]."""
+        raise NotImplementedError
+
+    def policy_noise(self, eta: float, noise_level: float) -> float:
+        """The policy's noise setting that this family uses: DDIM's ``eta`` or the flow SDE's ``noise_level``."""
         raise NotImplementedError
 
     def step(

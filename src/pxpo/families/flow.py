@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from diffusers import FlowMatchEulerDiscreteScheduler
 
+from pxpo.diffusers_private import calculate_shift
 from pxpo.families import ModelFamily
 from pxpo.sampling import Generator, StepOutput, flow_step_with_logprob
 
@@ -14,7 +15,6 @@ class FlowMatchingFamily(ModelFamily):
     """A velocity-predicting transformer sampled by Flow-GRPO's SDE (``flow_step_with_logprob``)."""
 
     denoiser_name = "transformer"
-    noise_setting = "noise_level"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
     lora_layers_argument = "transformer_lora_layers"
 
@@ -40,8 +40,6 @@ class FlowMatchingFamily(ModelFamily):
         return None
 
     def set_timesteps(self, num_steps: int, latent_shape: tuple[int, int, int]) -> torch.Tensor:
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
         scheduler = self.pipe.scheduler
         kwargs = {}
         if scheduler.config.get("use_dynamic_shifting", False):
@@ -56,6 +54,9 @@ class FlowMatchingFamily(ModelFamily):
         else:
             scheduler.set_timesteps(num_steps, device=self.device, **kwargs)
         return scheduler.timesteps
+
+    def policy_noise(self, eta: float, noise_level: float) -> float:
+        return noise_level
 
     def step(self, model_output, timestep, sample, noise_level, prev_sample=None, generator: Generator = None) -> StepOutput:
         return flow_step_with_logprob(self.pipe.scheduler, model_output, timestep, sample, noise_level, prev_sample, generator)

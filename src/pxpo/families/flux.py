@@ -11,26 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from diffusers import FluxPipeline
 
+from pxpo.diffusers_private import pack_latents as pack
+from pxpo.diffusers_private import prepare_latent_image_ids
+from pxpo.diffusers_private import unpack_latents as unpack
 from pxpo.families import register_family
 from pxpo.families.flow import FlowMatchingFamily
 from pxpo.sampling import Conditioning
 
 T5_TOKENS = 512
-
-
-def pack(latents: torch.Tensor) -> torch.Tensor:
-    """[B, C, h, w] -> FLUX tokens [B, (h/2)(w/2), 4C] (diffusers' own packing)."""
-    b, c, h, w = latents.shape
-    return FluxPipeline._pack_latents(latents, b, c, h, w)
-
-
-def unpack(tokens: torch.Tensor, latent_height: int, latent_width: int) -> torch.Tensor:
-    """FLUX tokens [B, (h/2)(w/2), 4C] -> [B, C, h, w]; the inverse of ``pack``."""
-    b, n, d = tokens.shape
-    grid = tokens.view(b, latent_height // 2, latent_width // 2, d // 4, 2, 2)
-    return grid.permute(0, 3, 1, 4, 2, 5).reshape(b, d // 4, latent_height, latent_width)
 
 
 @register_family("FluxPipeline")
@@ -69,7 +58,7 @@ class FluxFamily(FlowMatchingFamily):
         dtype = embeds.dtype
         config = getattr(denoiser, "module", denoiser).config
         guidance = torch.full((b,), float(guidance_scale), device=latents.device) if config.guidance_embeds else None
-        image_ids = FluxPipeline._prepare_latent_image_ids(b, h // 2, w // 2, latents.device, dtype)
+        image_ids = prepare_latent_image_ids(h, w, latents.device, dtype)
         text_ids = torch.zeros(embeds.shape[1], 3, device=latents.device, dtype=dtype)
         tokens = denoiser(
             hidden_states=pack(latents).to(dtype),

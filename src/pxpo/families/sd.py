@@ -19,7 +19,6 @@ class StableDiffusionFamily(ModelFamily):
 
     name = "sd"
     denoiser_name = "unet"
-    noise_setting = "eta"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0")
     lora_layers_argument = "unet_lora_layers"
     lora_key_format = "diffusers"
@@ -61,6 +60,9 @@ class StableDiffusionFamily(ModelFamily):
         inputs = {"sample": latents.to(embeds.dtype), "timestep": timesteps.reshape(-1).expand(latents.shape[0]), "encoder_hidden_states": embeds}
         negatives = None if negative is None else {"encoder_hidden_states": negative}
         return guided_call(lambda **kwargs: denoiser(**kwargs).sample, inputs, negatives, guidance_scale)
+
+    def policy_noise(self, eta: float, noise_level: float) -> float:
+        return eta
 
     def step(self, model_output, timestep, sample, noise_level, prev_sample=None, generator: Generator = None) -> StepOutput:
         return ddim_step_with_logprob(self.pipe.scheduler, model_output, timestep, sample, noise_level, prev_sample, generator)

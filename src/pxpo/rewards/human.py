@@ -6,13 +6,12 @@ elsewhere (the paper's third experiment). As a PNG, pure green (0, 255, 0) is +2
 its green channel exceeds 127 and the other two are below 128 (red likewise).
 
 The folder protocol (``reward.name = "folder_feedback"``) lets any tool drive training: for epoch k
-the trainer writes ``DIR/step_k.png`` (the image to judge) and waits until
-``DIR/step_k.feedback.png`` appears (same size, painted green and red), then trains on it.
+the trainer writes ``DIR/step_0003.png`` (the image to judge, k = 3) and waits until
+``DIR/step_0003.feedback.png`` appears (same size, painted green and red), then trains on it.
 """
 
 from __future__ import annotations
 
-import functools
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +22,7 @@ from PIL import Image
 
 from pxpo.io import save_image
 from pxpo.rewards.registry import RewardError, RewardFn, register_reward
-from pxpo.run_folder import to_pil
+from pxpo.images import to_pil
 
 FEEDBACK_VALUE = 2.0
 ALLOWED_VALUES = (-2, 0, 2)
@@ -60,30 +59,38 @@ def overlay_feedback(image: Image.Image, values: np.ndarray, alpha: float = 0.45
     return Image.alpha_composite(image.convert("RGBA"), feedback_layer(values, alpha)).convert("RGB")
 
 
-class PaintedFeedback:
-    """A reward that returns the map most recently painted (one image per query).
+PAINTED_KEY = "painted"  # the metadata entry that carries a person's map to the ``painted`` reward
 
-    ``set(values)`` stores a map [H, W]; calling the reward returns it as [1, H, W], after checking
-    that it matches the image.
+
+@register_reward("painted")
+def painted() -> RewardFn:
+    """The map a person painted on each image, handed over with the sample: ``metadata[i]["painted"]`` [H, W].
+
+    The app trains a step with ``trainer.step(epoch, metadata={"painted": values})``; the reward holds no state.
     """
 
-    def __init__(self) -> None:
-        self.values: np.ndarray | None = None
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+        maps = []
+        for image, meta in zip(images, metadata):
+            if meta.get(PAINTED_KEY) is None:
+                raise RewardError(f"painted feedback: sample {meta.get('prompt', '?')!r} came without a painted map (metadata[{PAINTED_KEY!r}])")
+            values = torch.as_tensor(np.asarray(meta[PAINTED_KEY], dtype=np.float32))
+            if tuple(values.shape) != tuple(image.shape[-2:]):
+                raise RewardError(f"painted feedback of shape {list(values.shape)} for an image of {list(image.shape[-2:])}: expected the image's size")
+            maps.append(values)
+        return torch.stack(maps).to(images.device)
 
-    def set(self, values: np.ndarray) -> None:
-        self.values = np.asarray(values, dtype=np.float32)
+    return reward
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
-        if self.values is None:
-            raise RewardError("painted feedback: nothing has been painted yet")
-        if images.shape[0] != 1 or tuple(self.values.shape) != tuple(images.shape[-2:]):
-            raise RewardError(f"painted feedback of shape {list(self.values.shape)} for images of shape {list(images.shape)}: expected one image of the same size")
-        return torch.from_numpy(self.values)[None].to(images.device)
+
+def feedback_name(step: int) -> str:
+    """The one naming rule of feedback files: ``step_0003`` (+ ``.png`` for the image, ``.feedback.png`` for its map)."""
+    return f"step_{step:04d}"
 
 
 @register_reward("folder_feedback")
 def folder_feedback(directory: str, timeout_seconds: float = 86_400.0, poll_seconds: float = 0.5) -> RewardFn:
-    """The folder protocol: write DIR/step_k.png, wait for DIR/step_k.feedback.png, return its map.
+    """The folder protocol: write DIR/step_0003.png (epoch 3), wait for DIR/step_0003.feedback.png, return its map.
 
     Args:
         directory: the shared folder.
@@ -96,9 +103,9 @@ def folder_feedback(directory: str, timeout_seconds: float = 86_400.0, poll_seco
     def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
         maps = []
         for image, meta in zip(images, metadata):
-            step = int(meta.get("epoch", 0))
-            save_image(to_pil(image), folder / f"step_{step}.png")
-            feedback = folder / f"step_{step}.feedback.png"
+            name = feedback_name(int(meta.get("epoch", 0)))
+            save_image(to_pil(image), folder / f"{name}.png")
+            feedback = folder / f"{name}.feedback.png"
             deadline = time.monotonic() + timeout_seconds
             while not feedback.exists():
                 if time.monotonic() > deadline:
@@ -136,26 +143,3 @@ def simulated_annotator(
         return signs.to(images.device)[labels]
 
     return reward
-
-
-@functools.lru_cache(maxsize=2)
-def _measuring_segmenter(model: str):
-    """The segmenter that class_fractions measures with, loaded once per model (measurements repeat)."""
-    from pxpo.models import load_segmenter
-
-    return load_segmenter(model)
-
-
-def class_fractions(images: torch.Tensor, classes: Sequence[str], model: str = "pxpo-tiny-seg") -> dict[str, list[float]]:
-    """Fraction of each image's pixels that the segmenter assigns to each class: {class: [B values]}."""
-    from pxpo.rewards.segmentation import class_probabilities
-
-    segmenter, processor = _measuring_segmenter(model)
-    labels = class_probabilities(segmenter, processor, images).argmax(dim=1)
-    by_name = {str(v).lower(): int(k) for k, v in segmenter.config.id2label.items()}
-    return {c: (labels == by_name[c]).float().mean(dim=(1, 2)).tolist() for c in classes}
-
-
-def mean_class_fractions(images: torch.Tensor, classes: Sequence[str], model: str = "pxpo-tiny-seg") -> dict[str, float]:
-    """class_fractions averaged over the images [B, 3, H, W]: {class: mean fraction}."""
-    return {c: float(np.mean(values)) for c, values in class_fractions(images, classes, model).items()}

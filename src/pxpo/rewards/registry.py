@@ -5,15 +5,32 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
+if TYPE_CHECKING:
+    from pxpo.config import Config
+
 
 class RewardFn(Protocol):
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
-        """images [B, 3, H, W] in [0, 1] -> pixel rewards [B, H, W]."""
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor | RewardOutput:
+        """images [B, 3, H, W] in [0, 1] -> pixel rewards [B, H, W] (or a RewardOutput holding them)."""
+
+
+@dataclass
+class RewardOutput:
+    """What a reward may return instead of a bare heatmap tensor, to say more about it.
+
+    Attributes:
+        heatmaps: pixel rewards [B, H, W].
+        terms: for a sum of rewards, each term's unweighted pixel mean per image ([B] tensors, by label).
+    """
+
+    heatmaps: torch.Tensor
+    terms: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class RewardError(ValueError):
@@ -28,6 +45,19 @@ def injected_reward_name(reward_fn) -> str:
     """How a reward passed as ``Trainer(reward_fn=...)`` is recorded in the run's config: ``injected:module.qualname``."""
     kind = reward_fn if callable(reward_fn) and hasattr(reward_fn, "__qualname__") else type(reward_fn)
     return f"{INJECTED_PREFIX}{getattr(kind, '__module__', '?')}.{kind.__qualname__}"
+
+
+def record_injected_reward(config: Config, reward_fn: RewardFn | None, resume: bool) -> Config:
+    """The config with ``reward.name`` saying which callable was passed as ``Trainer(reward_fn=...)`` (unchanged when
+    None); resuming with another reward than the run's is refused."""
+    if reward_fn is None:
+        return config
+    from pxpo.config import ConfigError, RewardConfig
+
+    name = injected_reward_name(reward_fn)
+    if resume and config.reward.name != name:
+        raise ConfigError(f"this run was trained with reward {config.reward.name!r}; reward_fn is {name!r}: resume with the same reward")
+    return config.model_copy(update={"reward": RewardConfig(name=name)}, deep=True)
 
 
 def register_reward(name: str) -> Callable[[Callable[..., RewardFn]], Callable[..., RewardFn]]:
@@ -94,6 +124,13 @@ def load_reward(name: str, **kwargs: Any) -> RewardFn:
     if not callable(reward):
         raise RewardError(f"reward {name!r}: its factory returned {type(reward).__name__}, expected a callable")
     return reward
+
+
+def check_reward_output(output: Any, images: torch.Tensor, reward_name: str) -> RewardOutput:
+    """What a reward returned (a tensor or a RewardOutput), checked (``check_heatmaps``), as a RewardOutput."""
+    if isinstance(output, RewardOutput):
+        return RewardOutput(check_heatmaps(output.heatmaps, images, reward_name), dict(output.terms))
+    return RewardOutput(check_heatmaps(output, images, reward_name))
 
 
 def check_heatmaps(heatmaps: Any, images: torch.Tensor, reward_name: str) -> torch.Tensor:

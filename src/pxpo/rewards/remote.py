@@ -33,7 +33,8 @@ from safetensors.torch import load as load_tensors
 from starlette.concurrency import run_in_threadpool
 from safetensors.torch import save as save_tensors
 
-from pxpo.rewards.registry import RewardError, RewardFn, check_heatmaps, load_reward, register_reward
+from pxpo.images import to_uint8
+from pxpo.rewards.registry import RewardError, RewardFn, check_heatmaps, check_reward_output, load_reward, register_reward
 
 PROTOCOL = 1
 PATH = "/v1/reward"
@@ -43,7 +44,7 @@ RETRY_STATUSES = {502, 503, 504}
 def encode_request(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict], image_dtype: str = "float32") -> bytes:
     """The request body for images [B, 3, H, W] in [0, 1]."""
     if image_dtype == "uint8":
-        images = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+        images = to_uint8(images)
     elif image_dtype == "float32":
         images = images.detach().float()
     else:
@@ -143,7 +144,7 @@ def create_reward_app(name: str, kwargs: dict[str, Any] | None = None):
         except ValueError as error:
             return JSONResponse({"detail": str(error)}, status_code=400)
         try:
-            heatmaps = await run_in_threadpool(lambda: check_heatmaps(reward_fn(images, prompts, metadata), images, name))
+            heatmaps = await run_in_threadpool(lambda: check_reward_output(reward_fn(images, prompts, metadata), images, name).heatmaps)
         except RewardError as error:
             return JSONResponse({"detail": str(error)}, status_code=500)
         return Response(save_tensors({"heatmaps": heatmaps.float().cpu().contiguous()}), media_type="application/octet-stream")

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from pxpo.images import to_uint8
 from pxpo.rewards.registry import RewardFn, register_reward
 
 ScalarFn = Callable[[torch.Tensor, Sequence[str], Sequence[dict]], torch.Tensor]
@@ -26,7 +27,7 @@ def scalar_as_heatmap(fn: ScalarFn) -> RewardFn:
 
 def jpeg_size_kb(images: torch.Tensor, quality: int = 95) -> torch.Tensor:
     """Size of each image [B, 3, H, W] in [0, 1] saved as JPEG, in kilobytes: [B]."""
-    arrays = (images.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    arrays = to_uint8(images).permute(0, 2, 3, 1).cpu().numpy()
     sizes = []
     for array in arrays:
         buffer = io.BytesIO()

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from pxpo.config import RewardTerm
-from pxpo.rewards.registry import RewardFn, check_heatmaps, load_reward
+from pxpo.rewards.registry import RewardFn, RewardOutput, check_reward_output, load_reward
 
 
 @dataclass
@@ -24,7 +24,7 @@ class WeightedReward:
     """``fn(images, prompts, metadata) = sum_i weight_i * reward_i(images, prompts, metadata)``, maps [B, H, W].
 
     A scalar reward takes part as its constant map (the registered scalar rewards return one; wrap your
-    own with ``pxpo.rewards.scalar_as_heatmap``). After each call, ``last_terms`` holds each term's
+    own with ``pxpo.rewards.scalar_as_heatmap``). Returns a RewardOutput whose ``terms`` hold each term's
     unweighted pixel mean per image ([B] tensors, by name), for logging.
     """
 
@@ -35,19 +35,18 @@ class WeightedReward:
         if len(set(names)) != len(names):
             raise ValueError(f"reward terms {names}: each term needs its own name (set 'label' to tell two apart)")
         self.terms = list(terms)
-        self.last_terms: dict[str, torch.Tensor] = {}
 
     @property
     def name(self) -> str:
         return " + ".join(f"{t.weight:g} * {t.name}" for t in self.terms)
 
-    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
-        total, self.last_terms = None, {}
+    def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
+        total, means = None, {}
         for term in self.terms:
-            heatmap = check_heatmaps(term.fn(images, prompts, metadata), images, term.name)
-            self.last_terms[term.name] = heatmap.mean(dim=(1, 2))
+            heatmap = check_reward_output(term.fn(images, prompts, metadata), images, term.name).heatmaps
+            means[term.name] = heatmap.mean(dim=(1, 2))
             total = term.weight * heatmap if total is None else total + term.weight * heatmap
-        return total
+        return RewardOutput(total, means)
 
 
 def weighted_reward(terms: Sequence[RewardTerm | dict]) -> WeightedReward:

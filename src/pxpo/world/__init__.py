@@ -7,6 +7,9 @@ Importing this package registers the bundled models with ``pxpo.models`` (``impo
 - ``pxpo-tiny-seg``: a transformers SegFormer, ``weights/pxpo-tiny-seg``;
 - ``tiny-random``, ``tiny-random-sd3``, ``tiny-random-flux``: the same architectures (FLUX's at toy
   size) with random weights, built in code, for tests and smoke runs.
+
+Registering imports no torch or diffusers: folders are registered as paths, the random pipelines as
+builders that import ``pxpo.world.architecture`` when called.
 """
 
 from pathlib import Path

@@ -1,0 +1,184 @@
+"""What each epoch samples, from which seeds: the sample schedule, chosen once per run.
+
+- ``GroupedPrompts``: each sampling batch draws ``batch_size / group_size`` prompts (from ``sample.prompts`` or
+  a ``prompt_fn``) and samples each ``group_size`` times in a row (a GRPO group); evaluation samples the fixed
+  ``eval.seeds``.
+- ``SingleImage`` (``sample.single_image_seed``, human feedback): one image of one prompt from the same initial
+  noise every epoch; with ``sample.single_image_noise = "fixed"`` the steps' noise is fixed too, so the image is a
+  function of the weights alone. The image shown after epoch k is exactly the trajectory epoch k + 1 trains on.
+
+Every epoch's randomness is drawn from (run.seed, epoch, purpose, process), so a resumed run repeats an
+uninterrupted one exactly. ``training_batches`` is the order in which an epoch's samples and steps are trained.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, NamedTuple, Protocol
+
+import numpy as np
+import torch
+
+from pxpo.sampling import Trajectories
+
+if TYPE_CHECKING:
+    from pxpo.config import Config
+    from pxpo.families import ModelFamily
+
+_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3, "single_image_steps": 4}
+
+PromptFn = Callable[[torch.Generator], tuple[str, dict]]
+
+
+def epoch_seed(seed: int, epoch: int, purpose: str, process: int = 0) -> int:
+    """A seed for one purpose of one epoch on one process, independent of everything before it."""
+    return int(np.random.SeedSequence([seed, epoch, _PURPOSES[purpose], process]).generate_state(1)[0])
+
+
+class Sampler(Protocol):
+    """The trainer's sampler: trajectories of the current policy with the config's sampler settings."""
+
+    def __call__(
+        self, prompts: list[str], generator, initial_noise: torch.Tensor | None = None, metadata: list[dict] | None = None, desc: str | None = None
+    ) -> Trajectories: ...
+
+
+class SampleSchedule:
+    """Draws each epoch's prompts and seeds; ``sample`` returns trajectories with their metadata.
+
+    Args:
+        config: the run's config.
+        family: the model family (for the initial noise).
+        latent_shape: (C, h, w).
+        process: this process's index (each process samples its own prompts and noise).
+        device: where generators draw.
+    """
+
+    def __init__(self, config: Config, family: ModelFamily, latent_shape: tuple[int, int, int], process: int, device: torch.device) -> None:
+        self.config = config
+        self.family = family
+        self.latent_shape = latent_shape
+        self.process = process
+        self.device = device
+
+    def generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def sample(self, epoch: int, sampler: Sampler) -> Trajectories:
+        """Epoch ``epoch``'s trajectories on this process; each sample's metadata holds its prompt and the epoch."""
+        raise NotImplementedError
+
+    def eval_images(self, epoch: int, sampler: Sampler) -> torch.Tensor:
+        """The images [N, 3, H, W] a person looks at after ``epoch`` epochs."""
+        raise NotImplementedError
+
+
+class GroupedPrompts(SampleSchedule):
+    """Prompt groups drawn per epoch; evaluation on the fixed ``eval.seeds``.
+
+    Args:
+        prompt_fn: ``fn(generator) -> (prompt, metadata)`` draws each group's prompt instead of ``sample.prompts``
+            (draw with the generator: it is seeded per epoch, so a resumed run repeats); the metadata dict reaches
+            the reward with the sample.
+    """
+
+    def __init__(self, *args, prompt_fn: PromptFn | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.prompt_fn = prompt_fn
+
+    def sample(self, epoch: int, sampler: Sampler) -> Trajectories:
+        cfg, seed = self.config.sample, self.config.run.seed
+        prompt_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch, "prompts", self.process))
+        noise_rng = self.generator(epoch_seed(seed, epoch, "sample", self.process))
+        parts = []
+        for b in range(cfg.num_batches_per_epoch):
+            groups = [self.draw_prompt(prompt_rng) for _ in range(cfg.batch_size // cfg.group_size)]
+            prompts = [prompt for prompt, _ in groups for _ in range(cfg.group_size)]
+            metadata = [{**extra, "prompt": prompt, "epoch": epoch} for prompt, extra in groups for _ in range(cfg.group_size)]
+            parts.append(sampler(prompts, noise_rng, metadata=metadata, desc=f"sampling {b + 1}/{cfg.num_batches_per_epoch}"))
+        return Trajectories.cat(parts)
+
+    def draw_prompt(self, generator: torch.Generator) -> tuple[str, dict]:
+        """One group's prompt and metadata: from prompt_fn, or uniformly from sample.prompts."""
+        if self.prompt_fn is not None:
+            prompt, metadata = self.prompt_fn(generator)
+            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(metadata, dict):
+                raise ValueError(f"prompt_fn returned ({prompt!r}, {type(metadata).__name__}): expected (a non-empty prompt, a dict)")
+            return prompt, metadata
+        prompts = self.config.sample.prompts
+        return prompts[int(torch.randint(len(prompts), (1,), generator=generator))], {}
+
+    def eval_images(self, epoch: int, sampler: Sampler) -> torch.Tensor:
+        seeds = self.config.eval.seeds
+        return sampler(eval_prompts(self.config), [self.generator(s) for s in seeds], desc="evaluating").images
+
+
+class SingleImage(SampleSchedule):
+    """One image of ``sample.prompts[0]`` from ``sample.single_image_seed``, every epoch."""
+
+    def initial_noise(self) -> torch.Tensor:
+        """The image's initial latents [1, C, h, w], drawn from sample.single_image_seed."""
+        return self.family.initial_noise(1, self.latent_shape, self.generator(self.config.sample.single_image_seed))
+
+    def sample(self, epoch: int, sampler: Sampler) -> Trajectories:
+        cfg = self.config.sample
+        if cfg.single_image_noise == "fixed":  # the image: a function of the weights alone
+            noise_seed = epoch_seed(cfg.single_image_seed, 0, "single_image_steps")
+        else:
+            noise_seed = epoch_seed(self.config.run.seed, epoch, "sample", self.process)
+        prompt = cfg.prompts[0]
+        return sampler([prompt], self.generator(noise_seed), self.initial_noise(), metadata=[{"prompt": prompt, "epoch": epoch}])
+
+    def eval_images(self, epoch: int, sampler: Sampler) -> torch.Tensor:
+        """The trajectory that epoch + 1 will sample and train on: the image a person judges is the one their
+        feedback trains (with ``single_image_noise = "fixed"`` it changes only when the weights do)."""
+        return self.sample(epoch + 1, sampler).images
+
+
+def eval_prompts(config: Config) -> list[str]:
+    """The prompt of each evaluation seed (eval.prompts, or sample.prompts, cycled over eval.seeds)."""
+    prompts = config.eval.prompts or config.sample.prompts
+    return [prompts[i % len(prompts)] for i in range(len(config.eval.seeds))]
+
+
+def sample_schedule(
+    config: Config, family: ModelFamily, latent_shape: tuple[int, int, int], process: int, device: torch.device, prompt_fn: PromptFn | None = None
+) -> SampleSchedule:
+    """The run's schedule: SingleImage when ``sample.single_image_seed`` is set, else GroupedPrompts."""
+    if config.sample.single_image_seed is not None:
+        if prompt_fn is not None:
+            raise ValueError("prompt_fn draws prompts per group; single-image mode (sample.single_image_seed) samples one fixed prompt")
+        return SingleImage(config, family, latent_shape, process, device)
+    return GroupedPrompts(config, family, latent_shape, process, device, prompt_fn=prompt_fn)
+
+
+class TrainingCall(NamedTuple):
+    """One denoiser call of an update: the flat (sample ``rows[i]``, step ``steps[i]``) pairs [b * k]."""
+
+    rows: torch.Tensor
+    steps: torch.Tensor
+    num_steps: int  # k, the steps of each sample in this call
+    weight: float  # the call's share of the trained steps: the summed gradients are the mean over all of them
+
+
+def training_batches(num_samples: int, num_steps: int, config: Config, generator: torch.Generator) -> Iterator[TrainingCall]:
+    """The order of an epoch's update, one ``TrainingCall`` per denoiser call, over the inner epochs.
+
+    Each inner epoch shuffles the samples and, per sample, its T steps; each training batch of ``train.batch_size``
+    samples trains its first ``num_train_timesteps`` steps, ``train.timesteps_per_forward`` at a time.
+    """
+    train = config.train
+    chunks = timestep_chunks(config)
+    for _ in range(train.num_inner_epochs):
+        order = torch.randperm(num_samples, generator=generator)
+        step_order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_samples)])  # [n, T]
+        for rows in order.split(train.batch_size):
+            for chunk in chunks:
+                weight = len(chunk) * len(chunks) / config.num_train_timesteps
+                yield TrainingCall(rows.repeat_interleave(len(chunk)), step_order[rows][:, chunk].reshape(-1), len(chunk), weight)
+
+
+def timestep_chunks(config: Config) -> list[list[int]]:
+    """Columns of the per-sample step order trained together: [[0..k-1], [k..2k-1], ...]."""
+    steps, k = config.num_train_timesteps, config.train.timesteps_per_forward
+    return [list(range(i, min(i + k, steps))) for i in range(0, steps, k)]
