@@ -12,7 +12,7 @@ from PIL import Image
 from pxpo.app.server import create_app
 from pxpo.app.sessions import SessionError, parse_painted_map
 from pxpo.config import validate_config
-from pxpo.rewards.human import decode_feedback, encode_feedback
+from pxpo.rewards.human import decode_feedback, encode_feedback, feedback_name
 from pxpo.images import to_pil
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
@@ -185,11 +185,11 @@ def test_folder_protocol_drives_training(tmp_path):
         import time
 
         for step in (1, 2):
-            image = exchange / f"step_{step}.png"
+            image = exchange / f"{feedback_name(step)}.png"
             while not image.exists():
                 time.sleep(0.05)
             seen.append(Image.open(image).size)
-            encode_feedback(painted()).save(exchange / f"step_{step}.feedback.png")
+            encode_feedback(painted()).save(exchange / f"{feedback_name(step)}.feedback.png")
 
     thread = threading.Thread(target=annotator)
     thread.start()
@@ -219,41 +219,37 @@ def test_single_image_mode_trains_the_image_that_was_shown(tmp_path, noise):
     assert torch.equal(second.latents[:, -1], first.latents[:, -1]) == (noise == "fixed")
 
 
-def _single_image_trainer(tmp_path, feedback) -> Trainer:
+def _single_image_trainer(tmp_path) -> Trainer:
     config = validate_config(
         {
             "model": {"pretrained": MODEL},
             "sample": {"prompts": ["nature landscape"], "single_image_seed": 3, "batch_size": 1, "num_steps": 4},
             "train": {"batch_size": 1, "learning_rate": 1e-2},
             "advantage": {"normalization": "none"},
+            "reward": {"name": "painted"},
             "eval": {"reward": False},
             "run": {"num_epochs": 10, "output_dir": str(tmp_path), "name": "zero"},
         }
     )
-    return Trainer(config, reward_fn=feedback, progress=False)
+    return Trainer(config, progress=False)
 
 
 def test_a_step_on_an_all_zero_map_leaves_the_weights_and_the_shown_image_exactly_as_they_were(tmp_path):
     from pxpo.models import trainable_state_dict
-    from pxpo.rewards.human import PaintedFeedback
 
-    feedback = PaintedFeedback()
-    trainer = _single_image_trainer(tmp_path, feedback)
+    trainer = _single_image_trainer(tmp_path)
     trainer.begin()
     image_0 = trainer.eval_images(0)
-    feedback.set(painted())
-    trainer.step(1)  # a painted step: the weights move, and Adam now has momentum
+    trainer.step(1, metadata={"painted": painted()})  # a painted step: the weights move, and Adam now has momentum
     after_painted = {k: v.clone() for k, v in trainable_state_dict(trainer.denoiser).items()}
     image_1 = trainer.eval_images(1)
     assert not torch.equal(image_1, image_0)
-    feedback.set(np.zeros_like(painted()))
-    record = trainer.step(2)  # an all-zero map: nothing to learn
+    record = trainer.step(2, metadata={"painted": np.zeros_like(painted())})  # an all-zero map: nothing to learn
     assert record["loss"] == 0.0 and record["grad_norm"] == 0.0
     state = trainable_state_dict(trainer.denoiser)
     assert all(torch.equal(state[k], after_painted[k]) for k in after_painted)  # no momentum, no weight decay step
     torch.testing.assert_close(trainer.eval_images(2), image_1, rtol=0, atol=0)  # the shown image is unchanged
-    feedback.set(painted())
-    trainer.step(3)
+    trainer.step(3, metadata={"painted": painted()})
     assert not torch.equal(trainer.eval_images(3), image_1)  # feedback changes the model, and so the image
 
 

@@ -188,9 +188,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         run_config = Path(args.resume) / "config.toml"
         if not run_config.is_file():
             raise ConfigError(f"--resume {args.resume!r}: not a run folder (no config.toml)")
-        config = load_config(run_config, args.overrides)
-        if args.config:
-            _check_same_run(load_config(args.config, args.overrides), config, args.config)
+        config = load_config(args.config or run_config, args.overrides)  # the trainer refuses what changes the run's meaning
         trainer = Trainer(config, run_dir=args.resume, resume=True, progress=not args.no_progress)
     else:
         if not args.config:
@@ -200,8 +198,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     try:
         metrics = trainer.train()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
-        print(f"pxpo train: stopped; the last checkpoint is kept. Continue with: pxpo train --resume {trainer.run.path}", file=sys.stderr)
+        print(f"pxpo train: stopped; {_resume_point(trainer.run)}", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as error:  # e.g. a reward server lost mid-run: the run folder and how to continue
+        if args.verbose:
+            raise
+        print(f"pxpo train: error: {error}\n{_resume_point(trainer.run)}", file=sys.stderr)
+        return 2
     if not trainer.accelerator.is_main_process:
         return 0  # the main process prints the summary
     last = metrics[-1]
@@ -214,17 +217,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_same_run(given, saved, path: str) -> None:
-    """A CONFIG given with --resume must describe the same run (run.num_epochs may differ)."""
-    from pxpo.config import ConfigError
-
-    a, b = given.model_dump(), saved.model_dump()
-    for cfg in (a, b):
-        cfg["run"].pop("num_epochs")
-        cfg["run"].pop("name")
-    diffs = [f"{s}.{k}" for s in a for k in a[s] if a[s][k] != b[s].get(k)]
-    if diffs:
-        raise ConfigError(f"{path!r} differs from the run's config.toml in {', '.join(diffs)}: resume with the run's own config")
+def _resume_point(run) -> str:
+    """Which epoch a resume of ``run`` starts from, and the command."""
+    done = run.last_checkpoint_epoch()
+    where = f"the last checkpoint is epoch {done}: a resume starts at epoch {done + 1}" if done else "no checkpoint yet: a resume starts at epoch 1"
+    return f"{where}. Continue with: pxpo train --resume {run.path}"
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -28,7 +28,8 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+    # every number finite unless a field says otherwise (inf or nan would fail late, as a "non-finite reward")
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -65,7 +66,11 @@ class SampleConfig(_Section):
         1.0, gt=0, le=1, description="DDIM noise weight of SD-family models, in (0, 1]; eta = 0 is deterministic (no log-probability)."
     )
     noise_level: float = Field(
-        0.7, gt=0, description="Noise level a of the flow-matching SDE (SD3, FLUX families; Flow-GRPO's 0.7); > 0."
+        0.7,
+        gt=0,
+        le=2,
+        description="Noise level a of the flow-matching SDE (SD3, FLUX families; Flow-GRPO's 0.7), in (0, 2]: above about 2 the "
+        "SDE's drift term blows up (pxpo-tiny-flow, 10 steps: latents of 1e11 at a = 10, NaN at 100).",
     )
     guidance_scale: float = Field(
         5.0, ge=0, description="Classifier-free guidance weight (on when > 1); FLUX: the guidance embedding's value (3.5 for FLUX.1-dev)."
@@ -128,7 +133,7 @@ class TrainConfig(_Section):
         gt=0,
         description="PPO clip range on the ratio; unset: the algorithm's, 1e-4 for ddpo (element-mean ratio), 2e-3 for pxpo (per-element ratio; docs/clip_range.md).",
     )
-    adv_clip_max: float = Field(5.0, gt=0, description="Advantages are clipped to +-this (inf: no clipping).")
+    adv_clip_max: float = Field(5.0, gt=0, allow_inf_nan=True, description="Advantages are clipped to +-this (inf: no clipping).")
 
     @field_validator("algorithm")
     @classmethod
@@ -137,7 +142,7 @@ class TrainConfig(_Section):
 
         algorithm_class(value)  # a clear error naming the registered algorithms
         return value
-    max_grad_norm: float = Field(1.0, gt=0, description="Gradient norm clipped to this before each optimizer step (inf: off).")
+    max_grad_norm: float = Field(1.0, gt=0, allow_inf_nan=True, description="Gradient norm clipped to this before each optimizer step (inf: off).")
 
 
 class AdvantageConfig(_Section):
@@ -172,6 +177,8 @@ class RewardConfig(_Section):
     def _either(self) -> RewardConfig:
         if self.terms and {"name", "kwargs"} & self.model_fields_set:
             raise ValueError("give either reward.name (and kwargs) or reward.terms, not both")
+        if "terms" in self.model_fields_set and not self.terms:
+            raise ValueError("reward.terms is empty: give at least one [[reward.terms]] table, or reward.name (the default reward is not used silently)")
         return self
 
 
@@ -276,6 +283,29 @@ class Config(_Section):
         return tomli_w.dumps(self.model_dump(mode="json", exclude_none=True, exclude=unused))
 
 
+# Settings a resumed run may change: they extend or observe the run. Every other one changes what the run means
+# (model, family, LoRA shape, algorithm, reward, sampler, optimiser ...) and is refused on resume.
+RESUMABLE_CHANGES = ("run.num_epochs", "run.log_with", "run.checkpoint_every", "run.keep_checkpoints", "run.name", "run.output_dir")
+
+
+def check_resume(saved: Config, given: Config, what: str = "--resume") -> None:
+    """Refuse ``given`` for resuming a run saved as ``saved`` if it changes anything but RESUMABLE_CHANGES, naming
+    each changed key with both values."""
+    a, b = saved.model_dump(mode="json"), given.model_dump(mode="json")
+    changed = [
+        f"{section}.{key} = {b[section][key]!r} (the run has {a[section].get(key)!r})"
+        for section in b
+        for key in b[section]
+        if b[section][key] != a[section].get(key) and f"{section}.{key}" not in RESUMABLE_CHANGES
+    ]
+    if changed:
+        allowed = ", ".join(k for k in RESUMABLE_CHANGES if k not in ("run.name", "run.output_dir"))
+        raise ConfigError(
+            f"{what} would change what the run means: {'; '.join(changed)}. A resumed run may change only {allowed}; "
+            "start a new run for anything else"
+        )
+
+
 def _format_errors(error: ValidationError) -> str:
     lines = []
     for item in error.errors():
@@ -343,7 +373,9 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Config:
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as error:
+            raise ConfigError(f"config file {str(path)!r} is not UTF-8 text (byte {error.start}: {error.reason}): save it as UTF-8") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"config file {str(path)!r} is not valid TOML: {error}") from None
     return validate_config(apply_overrides(data, list(overrides)))

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from pxpo.trainer import Trainer
+Trainer = Any  # a pxpo.trainer.Trainer (not imported: the trainer is the layer above this one)
 
 PHASES = ("sample", "reward", "advantage", "update", "evaluate")
 
@@ -62,7 +61,7 @@ class _EpochEnd(Callback):
         self.fn(trainer, record)
 
 
-EpochCallback = Callable[["Trainer", dict], None]
+EpochCallback = Callable[[Trainer, dict], None]
 
 
 class Callbacks:

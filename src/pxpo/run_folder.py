@@ -230,6 +230,11 @@ class RunFolder:
         found = [p for p in self.checkpoints.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)]
         return sorted(p for p in found if (p / "state.json").exists())
 
+    def last_checkpoint_epoch(self) -> int:
+        """The epoch of the newest complete checkpoint (0: none)."""
+        checkpoints = self.list_checkpoints()
+        return int(checkpoints[-1].name.removeprefix(CHECKPOINT_PREFIX)) if checkpoints else 0
+
     def save_checkpoint(
         self,
         epoch: int,

@@ -101,10 +101,10 @@ class GroupedPrompts(SampleSchedule):
     def draw_prompt(self, generator: torch.Generator) -> tuple[str, dict]:
         """One group's prompt and metadata: from prompt_fn, or uniformly from sample.prompts."""
         if self.prompt_fn is not None:
-            prompt, metadata = self.prompt_fn(generator)
-            if not isinstance(prompt, str) or not prompt.strip() or not isinstance(metadata, dict):
-                raise ValueError(f"prompt_fn returned ({prompt!r}, {type(metadata).__name__}): expected (a non-empty prompt, a dict)")
-            return prompt, metadata
+            drawn = self.prompt_fn(generator)
+            if not (isinstance(drawn, tuple) and len(drawn) == 2 and isinstance(drawn[0], str) and drawn[0].strip() and isinstance(drawn[1], dict)):
+                raise ValueError(f"prompt_fn returned {drawn!r:.200}: expected a tuple (a non-empty prompt, a dict of metadata)")
+            return drawn
         prompts = self.config.sample.prompts
         return prompts[int(torch.randint(len(prompts), (1,), generator=generator))], {}
 

@@ -26,7 +26,7 @@ from accelerate.utils import gather_object
 from diffusers import DiffusionPipeline
 
 from pxpo.algorithms import Batch, algorithm_class
-from pxpo.config import Config, ConfigError
+from pxpo.config import Config, ConfigError, check_resume, load_config
 from pxpo.families import family_for
 from pxpo.hooks import Callback, Callbacks, EpochCallback, PhaseTimer
 from pxpo.io import atomic_write_text
@@ -86,6 +86,8 @@ class Trainer:
         check_trackers(config.run.log_with)
         check_launch(config)
         self.run = RunFolder.open(run_dir or new_run_path(config, config_name), resume, process_state().is_main_process)  # before slow work
+        if resume:
+            check_resume(load_config(self.run.config), config)  # before anything is written
         self.accelerator = acc = Accelerator(
             mixed_precision=config.model.mixed_precision,
             gradient_accumulation_steps=config.train.gradient_accumulation_steps * len(timestep_chunks(config)),

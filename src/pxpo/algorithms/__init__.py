@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
@@ -24,8 +24,9 @@ from pxpo.losses import LossOutput
 from pxpo.sampling import Trajectories
 
 if TYPE_CHECKING:
-    from pxpo.config import Config
     from pxpo.rollout import Policy
+
+Config = Any  # a pxpo.config.Config (not imported: the config, one layer up, looks algorithms up by name)
 
 _ALGORITHMS: dict[str, type[Algorithm]] = {}
 

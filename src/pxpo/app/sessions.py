@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from pxpo.config import Config, validate_config
-from pxpo.io import save_image
+from pxpo.io import atomic_write_text, save_image
 from pxpo.plots import pick_columns, plot_image_grid
 from pxpo.models import check_model_reference
 from pxpo.rewards.human import ALLOWED_VALUES, PAINTED_KEY, decode_feedback, encode_feedback, feedback_layer, feedback_name, overlay_feedback
@@ -228,8 +228,9 @@ class SessionManager:
 
             config = load_config(folder / "config.toml")
             _check_same(name, config, model, prompt, seed)  # before the model is loaded
-            if config.reward.name == OLD_PAINTED_NAME:  # sessions of versions whose painted reward was injected
+            if config.reward.name == OLD_PAINTED_NAME:  # a session of a version whose painted reward was injected: the same reward
                 config.reward.name = "painted"
+                atomic_write_text(folder / "config.toml", config.to_toml())
             trainer = Trainer(config, run_dir=folder, resume=True, progress=False)
         else:
             if not prompt or not prompt.strip():
