@@ -388,6 +388,11 @@ def reference_markdown() -> str:
         "",
         "Generated from `pxpo.config` by `python -m pxpo.config > docs/config.md` (a test checks it is current).",
         "A config is a TOML file with these sections; `pxpo train CONFIG --set section.key=value` overrides a field.",
+        "Every number must be finite (`inf` only where a field says it means off).",
+        "",
+        f"On `pxpo train --resume RUN`, only {', '.join(f'`{k}`' for k in RESUMABLE_CHANGES[:4])} may change: they extend or "
+        "observe the run. Any other setting would change what the run means (model, family, LoRA shape, algorithm, reward, "
+        "sampler, optimiser) and is refused before anything is written, naming the key and both values.",
         "",
     ]
     for section, field in Config.model_fields.items():
