@@ -11,17 +11,17 @@ the first epoch) and peak resident memory, and their ratios.
 
 from __future__ import annotations
 
+import _common as bench
+
 import argparse
-import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = bench.ROOT
 TRL_VENV = ROOT / ".venv-trl"
 TRL_PACKAGES = ["torch==2.13.0", "trl==0.23.1", "diffusers==0.42.1", "transformers==5.23.0", "peft==0.21.2",
                 "accelerate==1.15.0", "safetensors==0.8.0"]  # fmt: skip
@@ -36,42 +36,33 @@ def ensure_trl_venv() -> Path:
 
 
 def pxpo_child(args: argparse.Namespace) -> None:
-    """Run pxpo's DDPO for args.epochs epochs and print one JSON line per epoch (like trl_runner.py)."""
-    import tempfile
-
-    from pxpo.config import validate_config
-    from pxpo.trainer import Trainer
-
+    """Run pxpo's DDPO for args.epochs epochs and print one JSON line per epoch (as trl_runner.py does)."""
     with tempfile.TemporaryDirectory() as folder:
-        config = validate_config(
-            {
-                "model": {"pretrained": args.model, "lora": True, "lora_rank": 4},
-                "sample": {"prompts": [args.prompt], "num_steps": args.steps, "guidance_scale": args.guidance_scale, "eta": 1.0,
-                           "batch_size": args.samples},
-                "train": {"algorithm": "ddpo", "batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
-                          "clip_range": 1e-4, "timesteps_per_forward": args.timesteps_per_forward},
-                "eval": {"seeds": [0]},
-                "run": {"num_epochs": args.epochs, "output_dir": folder, "name": "peer", "seed": args.seed},
-            }
-        )
-        trainer = Trainer(config, progress=False)
+        trainer = bench.build_trainer({
+            "model": {"pretrained": args.model, "lora": True, "lora_rank": 4},
+            "sample": {"prompts": [args.prompt], "num_steps": args.steps, "guidance_scale": args.guidance_scale, "eta": 1.0,
+                       "batch_size": args.samples},
+            "train": {"algorithm": "ddpo", "batch_size": args.train_batch_size, "learning_rate": args.learning_rate,
+                      "clip_range": 1e-4, "timesteps_per_forward": args.timesteps_per_forward},
+            "eval": {"seeds": [0]},
+            "run": {"num_epochs": args.epochs, "seed": args.seed},
+        }, folder=folder, name="peer")  # fmt: skip
         for epoch in range(1, args.epochs + 1):
             start = time.perf_counter()
             trainer.run_epoch(epoch, evaluate=False)
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            print(json.dumps({"epoch": epoch, "seconds": time.perf_counter() - start, "peak_rss_mb": peak}), flush=True)
+            bench.print_epoch(epoch, time.perf_counter() - start)
 
 
 def run(command: list[str]) -> list[dict]:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}  # OMP_WAIT_POLICY: set by _common
     done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
     if done.returncode:
         raise RuntimeError(f"{command[:2]} failed:\n{done.stderr[-3000:]}")
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    return bench.epoch_lines(done.stdout)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench.arguments(__doc__)
     parser.add_argument("--model", default=None, help="pipeline folder (default: the bundled pxpo-tiny)")
     parser.add_argument("--samples", type=int, default=8)
     parser.add_argument("--train-batch-size", type=int, default=4)
@@ -86,7 +77,7 @@ def main() -> None:
                         help="the second pxpo row's train.timesteps_per_forward (the first row uses 1, TRL's loop)")
     parser.add_argument("--child", choices=["pxpo"], help=argparse.SUPPRESS)
     parser.add_argument("--out")
-    args = parser.parse_args()
+    args = bench.parse(parser)
     if args.model is None:
         from pxpo.world import WEIGHTS
 
@@ -117,25 +108,18 @@ def main() -> None:
     seconds = {w: statistics.median(r["seconds"] for r in rs) for w, rs in results.items()}
     memory = {w: max(r["peak_rss_mb"] for r in rs) for w, rs in results.items()}
     lines = [
-        f"DDPO, bundled `pxpo-tiny`, {args.samples} samples/epoch, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
-        f"LoRA rank 4, train batch {args.train_batch_size}, lr {args.learning_rate}, CPU ({os.cpu_count()} cores); "
+        f"DDPO, `{os.path.basename(args.model)}`, {args.samples} samples/epoch, {args.steps} DDIM steps, guidance {args.guidance_scale}, "
+        f"LoRA rank 4, train batch {args.train_batch_size}, lr {args.learning_rate}, {bench.machine()}; "
         f"{args.rounds} alternating rounds of {args.epochs} epochs per process (first epoch of each a warm-up). "
-        "Both pxpo rows compute the same gradients (tests/test_training.py checks it); the second batches "
+        "Both pxpo rows compute the same gradients (tests/test_trainer_update.py checks it); the second batches "
         "several denoising steps of a training batch into one UNet call.",
         "",
-        "| trainer | s/epoch (median) | time / TRL | time / TRL per round | peak RSS (MB) | memory / TRL |",
-        "| --- | --- | --- | --- | --- | --- |",
     ]
-    for who in commands:
-        per_round = ", ".join(f"{r['seconds'] / t['seconds']:.3f}" for r, t in zip(results[who], results[trl]))
-        lines.append(f"| {who} | {seconds[who]:.2f} | {seconds[who] / seconds[trl]:.3f} | {per_round} | "
-                     f"{memory[who]:.0f} | {memory[who] / memory[trl]:.3f} |")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        from pxpo.io import atomic_write_text
-
-        atomic_write_text(args.out, report + "\n")
+    rows = [[who, f"{seconds[who]:.2f}", f"{seconds[who] / seconds[trl]:.3f}",
+             ", ".join(f"{r['seconds'] / t['seconds']:.3f}" for r, t in zip(results[who], results[trl])),
+             f"{memory[who]:.0f}", f"{memory[who] / memory[trl]:.3f}"] for who in commands]  # fmt: skip
+    lines += bench.table(["trainer", "s/epoch (median)", "time / TRL", "time / TRL per round", "peak RSS (MB)", "memory / TRL"], rows)
+    bench.write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

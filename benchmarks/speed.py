@@ -2,10 +2,13 @@
 
 The time of one training epoch (sample -> reward -> advantage -> update; no evaluation) is split into
 denoiser (UNet or transformer) forward while sampling, VAE decode, reward, denoiser forward and
-backward while training, optimizer, and everything else (the epoch's time minus those). The timers
-wrap the models' methods from outside the trainer; a denoiser forward counts as training when
-gradients are on. "PXPO / scalar" is PXPO's time over the scalar loss's (DDPO, or GRPO with groups).
-Timings on shared machines are noisy: compare by ratios from the same run.
+backward while training, optimizer, and everything else (the epoch's time minus those). Nothing in the
+trainer is replaced: the phases are timed by a ``pxpo.hooks.Callback``, the models' compute by PyTorch
+hooks (forward hooks on the denoiser and the VAE's decoder, the optimizer's step hooks, and for the
+backward pass a hook on the denoiser's output gradient, where its backward starts, and a multi-grad hook
+on the trainable parameters, where it ends). A denoiser forward counts as training in the update phase.
+"PXPO / scalar" is PXPO's time over the scalar loss's (DDPO, or GRPO with groups). Timings on shared
+machines are noisy: compare by ratios from the same run.
 
     python benchmarks/speed.py --samples 8 --steps 20 --epochs 3 --out docs/benchmarks/speed.md
     python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --out docs/benchmarks/speed_flow.md
@@ -14,84 +17,131 @@ Timings on shared machines are noisy: compare by ratios from the same run.
 
 from __future__ import annotations
 
-import argparse
-import functools
-import os
+import _common as bench
+
 import statistics
 import tempfile
 import time
 from collections import defaultdict
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import torch
 
-import torch  # noqa: E402
-
-from pxpo.config import validate_config  # noqa: E402
-from pxpo.io import atomic_write_text  # noqa: E402
-from pxpo.trainer import Trainer  # noqa: E402
+from pxpo.hooks import PHASES, Callback
+from pxpo.trainer import Trainer
 
 PARTS = ["denoiser_forward_sampling", "vae_decode", "reward", "denoiser_forward_training", "backward", "optimizer", "other"]
+MODEL_PHASES = [p for p in PHASES if p != "evaluate"]  # an epoch here: evaluation is not timed
 
 
-class Timers:
-    """Accumulates seconds per part; wraps callables so that each call is timed."""
+def now() -> float:
+    """The time, once the device has finished what was queued (GPU work is asynchronous)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def first_tensor(output) -> torch.Tensor | None:
+    """A module output's main tensor: the tensor itself, or the first of a tuple or diffusers output."""
+    if isinstance(output, torch.Tensor):
+        return output
+    try:
+        return output[0] if isinstance(output[0], torch.Tensor) else None
+    except (TypeError, IndexError, KeyError):
+        return None
+
+
+class Timer(Callback):
+    """Seconds per phase (``phases``) and per part of model compute (``parts``) of a trainer, through hooks only."""
 
     def __init__(self) -> None:
-        self.seconds: dict[str, float] = defaultdict(float)
+        self.phase: str | None = None
+        self.phases: dict[str, float] = defaultdict(float)
+        self.parts: dict[str, float] = defaultdict(float)
+        self._phase_start = 0.0
+        self._backward_start: float | None = None
 
-    def wrap(self, fn, part):
-        @functools.wraps(fn)
-        def timed(*args, **kwargs):
-            name = part(*args, **kwargs) if callable(part) else part
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                if torch.cuda.is_available():
-                    torch.cuda.synchronize()
-                self.seconds[name] += time.perf_counter() - start
+    def clear(self) -> None:
+        self.phases.clear()
+        self.parts.clear()
 
-        return timed
+    # phases (pxpo.hooks) ----------------------------------------------------------------------------
+    def on_phase_begin(self, trainer, phase, epoch) -> None:
+        self.phase, self._phase_start = phase, now()
+
+    def on_phase_end(self, trainer, phase, epoch, result) -> None:
+        self.phases[phase] += now() - self._phase_start
+        if phase == "reward":
+            self.parts["reward"] += now() - self._phase_start  # the reward function: a model or any code, counted as compute
+        self.phase = None
+
+    # model compute (torch hooks) ---------------------------------------------------------------------
+    def attach(self, trainer: Trainer) -> None:
+        """Hook the trainer's denoiser, VAE decoder, optimizer and trainable parameters."""
+        self._time_module(trainer.family.denoiser, self._denoiser_part, on_output=self._watch_backward)
+        vae = trainer.pipe.vae
+        for module in (getattr(vae, "post_quant_conv", None), vae.decoder):  # what vae.decode runs
+            if isinstance(module, torch.nn.Module):
+                self._time_module(module, lambda: "vae_decode")
+        optimizer = getattr(trainer.optimizer, "optimizer", trainer.optimizer)  # the torch optimizer inside accelerate's wrapper
+        start = {}
+        optimizer.register_step_pre_hook(lambda *_: start.__setitem__("t", now()))
+        optimizer.register_step_post_hook(lambda *_: self._add("optimizer", start.pop("t")))
+        params = [p for p in trainer.denoiser.parameters() if p.requires_grad]
+        torch.autograd.graph.register_multi_grad_hook(params, self._backward_done, mode="all")
+
+    def _time_module(self, module: torch.nn.Module, part, on_output=None) -> None:
+        starts = []
+        module.register_forward_pre_hook(lambda *_: starts.append(now()))
+
+        def done(mod, args, output):
+            self._add(part(), starts.pop())
+            if on_output is not None:
+                on_output(output)
+
+        module.register_forward_hook(done)
+
+    def _denoiser_part(self) -> str:
+        return "denoiser_forward_training" if self.phase == "update" else "denoiser_forward_sampling"
+
+    def _watch_backward(self, output) -> None:
+        tensor = first_tensor(output)
+        if tensor is not None and tensor.requires_grad:  # the backward pass reaches the denoiser here
+            tensor.register_hook(self._backward_reached)
+
+    def _backward_reached(self, grad: torch.Tensor) -> None:
+        if self._backward_start is None:
+            self._backward_start = now()
+
+    def _backward_done(self, grads) -> None:  # every trainable parameter's gradient is computed
+        if self._backward_start is not None:
+            self._add("backward", self._backward_start)
+            self._backward_start = None
+
+    def _add(self, part: str, start: float) -> None:
+        self.parts[part] += now() - start
 
 
-def instrument(trainer: Trainer, timers: Timers) -> None:
-    pipe = trainer.pipe
-    denoiser = trainer.family.denoiser
-    denoiser.forward = timers.wrap(
-        denoiser.forward, lambda *a, **k: "denoiser_forward_training" if torch.is_grad_enabled() else "denoiser_forward_sampling"
-    )
-    pipe.vae.decode = timers.wrap(pipe.vae.decode, "vae_decode")
-    trainer.reward_fn = timers.wrap(trainer.reward_fn, "reward")
-    trainer.accelerator.backward = timers.wrap(trainer.accelerator.backward, "backward")
-    trainer.optimizer.step = timers.wrap(trainer.optimizer.step, "optimizer")
-
-
-def build_trainer(algorithm: str, args: argparse.Namespace, folder: str) -> Trainer:
-    config = validate_config(
-        {
-            "model": {"pretrained": args.model, "gradient_checkpointing": args.gradient_checkpointing,
-                      "mixed_precision": args.mixed_precision},
-            "sample": {"num_steps": args.steps, "batch_size": args.samples, "height": args.height, "width": args.height,
-                       "group_size": args.group_size},
-            "train": {"algorithm": algorithm, "batch_size": args.train_batch_size,
-                      "timesteps_per_forward": min(args.timesteps_per_forward, args.steps)},
-            "advantage": {"normalization": "group" if args.group_size > 1 else "batch"},
-            "eval": {"seeds": [0]},
-            "run": {"num_epochs": args.epochs, "output_dir": folder, "name": algorithm},
-        }
-    )
+def build_trainer(algorithm: str, args, folder: str, timer: Timer) -> Trainer:
     pipeline = None
     if args.model == "sd15-random":
         from pxpo.world.architecture import build_sd15_random_pipeline
 
         pipeline = build_sd15_random_pipeline()
-    return Trainer(config, pipeline=pipeline, progress=False)
+    trainer = bench.build_trainer({
+        "model": {"pretrained": args.model, "gradient_checkpointing": args.gradient_checkpointing, "mixed_precision": args.mixed_precision},
+        "sample": {"num_steps": args.steps, "batch_size": args.samples, "height": args.height, "width": args.height,
+                   "group_size": args.group_size},
+        "train": {"algorithm": algorithm, "batch_size": args.train_batch_size, "timesteps_per_forward": min(args.timesteps_per_forward, args.steps)},
+        "advantage": {"normalization": "group" if args.group_size > 1 else "batch"},
+        "eval": {"seeds": [0]},
+        "run": {"num_epochs": args.epochs},
+    }, args.overrides, folder=folder, name=algorithm, pipeline=pipeline, callbacks=[timer])  # fmt: skip
+    timer.attach(trainer)
+    return trainer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = bench.arguments(__doc__, overrides=True, out=None)
     parser.add_argument("--model", default="pxpo-tiny", help="a model reference, or sd15-random (SD v1.5 architecture, random weights)")
     parser.add_argument("--samples", type=int, default=8, help="samples per epoch")
     parser.add_argument("--train-batch-size", type=int, default=4)
@@ -103,52 +153,45 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--out", help="write the markdown report here")
-    args = parser.parse_args()
+    args = bench.parse(parser)
 
     records: dict[str, list[dict]] = {"pxpo": [], "ddpo": []}
     with tempfile.TemporaryDirectory() as folder:
-        trainers = {alg: build_trainer(alg, args, folder) for alg in records}
-        timers = {alg: Timers() for alg in records}
-        for alg, trainer in trainers.items():
-            instrument(trainer, timers[alg])
+        timers = {alg: Timer() for alg in records}
+        trainers = {alg: build_trainer(alg, args, folder, timers[alg]) for alg in records}
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
         for epoch in range(1, args.epochs + 1):
             for alg, trainer in trainers.items():  # interleaved: both see the same machine load
-                timers[alg].seconds.clear()
-                start = time.perf_counter()
+                timers[alg].clear()
+                start = now()
                 trainer.run_epoch(epoch, evaluate=False)
-                total = time.perf_counter() - start
-                parts = dict(timers[alg].seconds)
+                total = now() - start
+                parts = {k: timers[alg].parts.get(k, 0.0) for k in PARTS[:-1]}
                 parts["other"] = total - sum(parts.values())
-                records[alg].append({"total": total, **parts})
+                records[alg].append({"total": total, **parts, **{f"phase_{p}": timers[alg].phases.get(p, 0.0) for p in MODEL_PHASES}})
                 print(alg, epoch, {k: round(v, 3) for k, v in records[alg][-1].items()}, flush=True)
         peak_gb = torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None
 
     measured = {alg: rs[1:] or rs for alg, rs in records.items()}
-    median = {alg: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in ["total", *PARTS]} for alg, rs in measured.items()}
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)"
+    median = {alg: {k: statistics.median(r[k] for r in rs) for k in rs[0]} for alg, rs in measured.items()}
     lines = [
         f"`{args.model}`, {args.samples} samples/epoch (groups of {args.group_size}), {args.steps} denoising steps, train batch "
-        f"{args.train_batch_size}, {args.timesteps_per_forward} step(s) per denoiser call, {device}; median of "
+        f"{args.train_batch_size}, {args.timesteps_per_forward} step(s) per denoiser call, {bench.machine()}; median of "
         f"{len(measured['pxpo'])} epoch(s) after a warm-up, PXPO and the scalar loss interleaved in one process.",
         "",
-        "| algorithm | total s/epoch | s/sample | " + " | ".join(PARTS) + " | outside model compute |",
-        "| --- |" + " --- |" * (len(PARTS) + 3),
     ]
+    rows = []
     for alg, m in median.items():
         outside = (m["optimizer"] + m["other"]) / m["total"]  # not denoiser, VAE or reward-model work
-        lines.append(
-            f"| {alg} | {m['total']:.2f} | {m['total'] / args.samples:.3f} | " + " | ".join(f"{m[k]:.3f}" for k in PARTS) + f" | {outside:.1%} |"
-        )
-    ratio = median["pxpo"]["total"] / median["ddpo"]["total"]
-    lines += ["", f"PXPO / scalar time per epoch: {ratio:.3f}"]
+        rows.append([alg, f"{m['total']:.2f}", f"{m['total'] / args.samples:.3f}", *(f"{m[k]:.3f}" for k in PARTS), f"{outside:.1%}"])
+    lines += bench.table(["algorithm", "total s/epoch", "s/sample", *PARTS, "outside model compute"], rows)
+    lines += ["", "Seconds per phase (pxpo.hooks; \"other\" above is what the phases spend outside the models, plus the epoch's own overhead):", ""]
+    lines += bench.table(["algorithm", *MODEL_PHASES], [[alg, *(f"{m[f'phase_{p}']:.3f}" for p in MODEL_PHASES)] for alg, m in median.items()])
+    lines += ["", f"PXPO / scalar time per epoch: {median['pxpo']['total'] / median['ddpo']['total']:.3f}"]
     if peak_gb is not None:
         lines.append(f"Peak GPU memory: {peak_gb:.2f} GiB")
-    report = "\n".join(lines)
-    print(report)
-    if args.out:
-        atomic_write_text(args.out, report + "\n")
+    bench.write_markdown(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """TRL 0.23.1's DDPOTrainer on a local pipeline folder, timed per epoch. Run by benchmarks/peer_trl.py with the
-Python of .venv-trl (TRL removed DDPO in 0.24). Prints one JSON line per epoch."""
+Python of .venv-trl (TRL removed DDPO in 0.24; pxpo is not installed there: _common's top level needs the standard
+library only). Prints one JSON line per epoch."""
 
-import argparse
-import json
-import resource
+import _common as bench
+
 import time
 
 from accelerate import PartialState
@@ -14,11 +14,11 @@ from trl import DDPOConfig, DDPOTrainer, DefaultDDPOStableDiffusionPipeline  # n
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
+    parser = bench.arguments(__doc__)
     for name, kind in [("model", str), ("samples", int), ("train_batch_size", int), ("steps", int), ("epochs", int),
                        ("guidance_scale", float), ("learning_rate", float), ("prompt", str), ("seed", int)]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, required=True)
-    args = parser.parse_args()
+    args = bench.parse(parser)
     config = DDPOConfig(
         num_epochs=args.epochs,
         sample_num_steps=args.steps,
@@ -49,8 +49,7 @@ def main() -> None:
     for epoch in range(args.epochs):
         start = time.perf_counter()
         global_step = trainer.step(epoch, global_step)
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"epoch": epoch, "seconds": time.perf_counter() - start, "peak_rss_mb": peak}), flush=True)
+        bench.print_epoch(epoch, time.perf_counter() - start)
 
 
 if __name__ == "__main__":

@@ -177,7 +177,7 @@ class RewardConfig(_Section):
     def _either(self) -> RewardConfig:
         if self.terms and {"name", "kwargs"} & self.model_fields_set:
             raise ValueError("give either reward.name (and kwargs) or reward.terms, not both")
-        if "terms" in self.model_fields_set and not self.terms:
+        if "terms" in self.model_fields_set and not self.terms and "name" not in self.model_fields_set:
             raise ValueError("reward.terms is empty: give at least one [[reward.terms]] table, or reward.name (the default reward is not used silently)")
         return self
 
