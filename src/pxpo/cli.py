@@ -108,6 +108,8 @@ def _add_serve_reward_command(commands) -> None:
     serve.add_argument("reward", metavar="NAME_OR_MODULE", help="a registered reward (e.g. segmentation) or module:factory")
     serve.add_argument("--set", dest="kwargs", action="append", default=[], metavar="KEY=VALUE", help="a keyword argument of the reward's factory; VALUE is read as TOML (repeatable)")
     _add_host_and_port(serve, port=8100)
+    serve.add_argument("--max-request-bytes", type=int, metavar="N",
+                       help="the largest request body read, in bytes; a larger one is answered 413 unread (default: 268435456, 256 MiB)")  # fmt: skip
 
 
 def _add_pretrain_command(commands) -> None:
@@ -156,8 +158,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_serve_reward(args: argparse.Namespace) -> int:
     from pxpo.config import parse_override
     from pxpo.rewards import load_reward
-    from pxpo.rewards.remote import serve_reward
+    from pxpo.rewards.remote import MAX_REQUEST_BYTES, check_max_request_bytes, serve_reward
 
+    max_request_bytes = check_max_request_bytes(MAX_REQUEST_BYTES if args.max_request_bytes is None else args.max_request_bytes)
     kwargs = {}
     for text in args.kwargs:
         (key, *rest), value = parse_override(text)
@@ -166,7 +169,7 @@ def cmd_serve_reward(args: argparse.Namespace) -> int:
         kwargs[key] = value
     load_reward(args.reward, **kwargs)  # fails here, in one line, if the reward cannot be built
     print(f"pxpo serve-reward: {args.reward} on http://{args.host}:{args.port}/v1/reward")
-    serve_reward(args.reward, kwargs, host=args.host, port=args.port)
+    serve_reward(args.reward, kwargs, host=args.host, port=args.port, max_request_bytes=max_request_bytes)
     return 0
 
 
