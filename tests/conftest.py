@@ -7,6 +7,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 from pxpo.config import validate_config  # noqa: E402
+from pxpo.hooks import Callback  # noqa: E402
 from pxpo.world.architecture import build_tiny_pipeline  # noqa: E402
 
 
@@ -37,6 +38,61 @@ def make_config(tmp_path):
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_trains_and_serves_nothing(request, monkeypatch):
+    """The ``slow`` marker means: trains (a Trainer, ``pxpo train``, an optimizer loop over a pipeline) or serves (a
+    server, a browser, a subprocess). A test without it that builds a Trainer or starts a uvicorn server fails here.
+    (A Trainer whose constructor refuses its input has done no work: that is a fast test.)"""
+    if request.node.get_closest_marker("slow"):
+        return
+    import uvicorn
+
+    from pxpo.trainer import Trainer
+
+    build = Trainer.__init__
+
+    def guarded_build(self, *args, **kwargs):
+        build(self, *args, **kwargs)
+        pytest.fail("this test builds a Trainer: mark it @pytest.mark.slow (the fast tier trains nothing)", pytrace=False)
+
+    def guarded_server(self, *args, **kwargs):
+        pytest.fail("this test starts a server: mark it @pytest.mark.slow (the fast tier serves nothing)", pytrace=False)
+
+    monkeypatch.setattr(Trainer, "__init__", guarded_build)
+    monkeypatch.setattr(uvicorn.Server, "__init__", guarded_server)
+
+
+class PhaseRecorder(Callback):
+    """A ``pxpo.hooks.Callback`` that records the trainer's phases in order and what each returned.
+
+    Attributes:
+        events: ("begin" | "end", phase, epoch) in the order they happened.
+        results: (phase, epoch) -> the phase's result (trajectories, reward output, advantages, diagnostics, record).
+        records: the epoch-end records.
+    """
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, int]] = []
+        self.results: dict[tuple[str, int], object] = {}
+        self.records: list[dict] = []
+
+    def on_phase_begin(self, trainer, phase, epoch):
+        self.events.append(("begin", phase, epoch))
+
+    def on_phase_end(self, trainer, phase, epoch, result):
+        self.events.append(("end", phase, epoch))
+        self.results[phase, epoch] = result
+
+    def on_epoch_end(self, trainer, record):
+        self.records.append(record)
+
+
+@pytest.fixture
+def phases() -> PhaseRecorder:
+    """A fresh PhaseRecorder: pass it as ``Trainer(config, callbacks=[phases])``."""
+    return PhaseRecorder()
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pxpo.images import to_pil
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
 
-pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
+# `slow` marks the tests that train (a session, a Trainer); the pure ones are the fast tier
 
 MODEL = "tiny-random"
 BASE = "http://127.0.0.1:8000"  # the app serves loopback names only
@@ -49,6 +49,7 @@ def start(client, name="s1", seed=3):
     return response.json()
 
 
+@pytest.mark.slow  # trains
 def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
     state = start(client)
     assert (state["step"], state["width"], state["height"], state["history"]) == (0, 64, 64, [])
@@ -88,6 +89,7 @@ def test_session_names_cannot_leave_the_folder(client, tmp_path, name):
     assert client.get("/api/sessions/..evil").status_code == 400
 
 
+@pytest.mark.slow  # builds a session's Trainer
 def test_bad_uploads_get_4xx_and_the_app_keeps_serving(client):
     start(client)
     url = "/api/sessions/s1/train"
@@ -113,6 +115,7 @@ def test_bad_uploads_get_4xx_and_the_app_keeps_serving(client):
     assert client.get("/api/sessions/s1").json()["step"] == 0  # still serving, nothing trained
 
 
+@pytest.mark.slow  # trains
 def test_a_second_request_while_training_is_answered_busy(client):
     start(client)
     manager = client.app.state.manager
@@ -126,6 +129,7 @@ def test_a_second_request_while_training_is_answered_busy(client):
     assert client.post("/api/sessions/s1/train?width=64&height=64", content=painted().tobytes(), headers=OCTET).status_code == 200
 
 
+@pytest.mark.slow  # trains
 def test_restart_continues_the_session_where_it_stopped(tmp_path):
     sessions = tmp_path / "sessions"
     with TestClient(create_app(sessions, default_model=MODEL), base_url=BASE) as first:
@@ -166,6 +170,7 @@ def test_feedback_png_round_trip_and_paint_program_colours():
     assert decoded[0, 0] == 2 and decoded[1, 1] == -2 and decoded[2, 2] == 0 and decoded.sum() == 0
 
 
+@pytest.mark.slow  # trains
 def test_folder_protocol_drives_training(tmp_path):
     exchange = tmp_path / "exchange"
     config = validate_config(
@@ -200,6 +205,7 @@ def test_folder_protocol_drives_training(tmp_path):
     assert metrics[1]["reward_mean"] == pytest.approx(painted().mean())
 
 
+@pytest.mark.slow  # builds a Trainer
 @pytest.mark.parametrize("noise", ["fixed", "fresh"])
 def test_single_image_mode_trains_the_image_that_was_shown(tmp_path, noise):
     config = validate_config(
@@ -234,6 +240,7 @@ def _single_image_trainer(tmp_path) -> Trainer:
     return Trainer(config, progress=False)
 
 
+@pytest.mark.slow  # trains
 def test_a_step_on_an_all_zero_map_leaves_the_weights_and_the_shown_image_exactly_as_they_were(tmp_path):
     from pxpo.models import trainable_state_dict
 
@@ -253,6 +260,7 @@ def test_a_step_on_an_all_zero_map_leaves_the_weights_and_the_shown_image_exactl
     assert not torch.equal(trainer.eval_images(3), image_1)  # feedback changes the model, and so the image
 
 
+@pytest.mark.slow  # trains
 def test_an_untrained_session_survives_a_restart_with_its_step_0(tmp_path):
     sessions = tmp_path / "sessions"
     with TestClient(create_app(sessions, default_model=MODEL), base_url=BASE) as first:
@@ -268,6 +276,7 @@ def test_an_untrained_session_survives_a_restart_with_its_step_0(tmp_path):
     assert not list((sessions / "s1" / "feedback").glob("step_-*"))
 
 
+@pytest.mark.slow  # trains
 def test_a_stale_map_gets_409_and_an_empty_map_is_refused(client):
     start(client)
     assert client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers=OCTET).status_code == 200
@@ -278,6 +287,7 @@ def test_a_stale_map_gets_409_and_an_empty_map_is_refused(client):
     assert client.get("/api/sessions/s1").json()["step"] == 1  # neither trained
 
 
+@pytest.mark.slow  # builds a session's Trainer
 def test_an_existing_session_is_not_silently_given_another_prompt_seed_or_model(client, tmp_path):
     start(client, seed=3)
     for change in ({"prompt": "a city"}, {"seed": 4}, {"model": "pxpo-tiny"}):
@@ -288,6 +298,7 @@ def test_an_existing_session_is_not_silently_given_another_prompt_seed_or_model(
     assert client.post("/api/sessions", json={"name": "s1"}).status_code == 200  # by name alone
 
 
+@pytest.mark.slow  # builds a session's Trainer
 def test_names_seeds_and_prompts_are_checked_before_anything_is_written(client, tmp_path):
     assert client.post("/api/sessions", json={"name": "nl\n", "prompt": "p", "seed": 1}).status_code == 400
     big = client.post("/api/sessions", json={"name": "big", "prompt": "nature landscape", "seed": 2**64})
@@ -297,6 +308,7 @@ def test_names_seeds_and_prompts_are_checked_before_anything_is_written(client, 
     assert tex.status_code == 200 and tex.json()["step"] == 0
 
 
+@pytest.mark.slow  # trains
 def test_cross_site_requests_and_other_host_names_are_refused(client, tmp_path):
     start(client)
     assert client.get("/api/sessions", headers={"Host": "evil.example"}).status_code == 403  # DNS rebinding

@@ -6,9 +6,6 @@ from transformers import CLIPTokenizer
 
 from pxpo.models import load_pipeline
 from pxpo.world.architecture import VOCABULARY, build_tiny_pipeline, build_tokenizer
-import pytest
-
-pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
 
 
 def test_tokenizer_is_deterministic_with_one_token_per_word(tmp_path):

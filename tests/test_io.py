@@ -44,6 +44,7 @@ def test_a_failed_write_keeps_the_old_content_and_leaves_nothing_behind(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lora", "metrics.json"]
 
 
+@pytest.mark.slow  # a subprocess holds the lock
 def test_a_run_folder_has_one_writer_across_processes(tmp_path):
     import subprocess
     import sys

@@ -126,7 +126,6 @@ def test_a_two_process_update_equals_the_one_process_update_over_the_union_of_th
         timesteps=parts[0]["timesteps"], latents=union["latents"], log_probs=union["log_probs"], images=union["images"],
     )  # fmt: skip
     one = Trainer(load_config(write("one", 4)), progress=False)  # the same LoRA initialisation (run.seed)
-    one.family.set_timesteps(3, one.latent_shape)  # as sampling leaves the scheduler
     # the ranks normalised their advantages with statistics over both ranks' samples: as one process does over the union
     torch.testing.assert_close(one.advantages(union["heatmaps"], prompts), union["advantages"], rtol=1e-5, atol=1e-6)
     before = {k: v.clone() for k, v in trainable_state_dict(one.denoiser).items()}

@@ -13,11 +13,17 @@ def wrong_shape():
     return lambda images, prompts, metadata: torch.zeros(len(images), 8, 8)
 
 
-def test_round_trip_equals_the_local_reward():
+def test_a_request_decodes_to_what_was_encoded():
     images = torch.rand(3, 3, 16, 16)
     prompts, metadata = ["a", "b", "c"], [{"seed": 1}, {"seed": 2}, {"epoch": 3}]
     back = decode_request(encode_request(images, prompts, metadata))
     assert torch.equal(back[0], images) and back[1] == prompts and back[2] == metadata
+
+
+@pytest.mark.slow  # serves
+def test_round_trip_equals_the_local_reward():
+    images = torch.rand(3, 3, 16, 16)
+    prompts, metadata = ["a", "b", "c"], [{"seed": 1}, {"seed": 2}, {"epoch": 3}]
     local = load_reward("blue_penalty")
     with serving(create_reward_app("blue_penalty")) as url:
         remote = load_reward("http", url=url)
@@ -26,6 +32,7 @@ def test_round_trip_equals_the_local_reward():
         torch.testing.assert_close(compact(images, prompts, metadata), local(images, prompts, metadata), rtol=0, atol=0.5 / 255)
 
 
+@pytest.mark.slow  # serves
 def test_a_server_whose_reward_fails_answers_500_and_the_client_names_it():
     with serving(create_reward_app("test_remote_reward:wrong_shape")) as url:
         reward = load_reward("http", url=url, retries=0)
@@ -33,6 +40,7 @@ def test_a_server_whose_reward_fails_answers_500_and_the_client_names_it():
             reward(torch.rand(2, 3, 16, 16), ["a", "b"], [{}, {}])
 
 
+@pytest.mark.slow  # serves
 def test_a_server_answering_the_wrong_shape_is_caught_by_the_client():
     from fastapi import FastAPI
     from fastapi.responses import Response
@@ -49,24 +57,27 @@ def test_a_server_answering_the_wrong_shape_is_caught_by_the_client():
             load_reward("http", url=url)(torch.rand(2, 3, 16, 16), ["a", "b"], [{}, {}])
 
 
+@pytest.mark.slow  # serves
 def test_a_bad_request_gets_400():
     import urllib.error
     import urllib.request
 
     with serving(create_reward_app("blue_penalty")) as url:
-        request = urllib.request.Request(url + "/v1/reward", data=b"not safetensors", method="POST")
+        request = urllib.request.Request(url + "/v1/reward", data=b"not safetensors", method="POST",
+                                         headers={"Content-Type": "application/octet-stream"})  # urllib's default is a form: 415
         with pytest.raises(urllib.error.HTTPError) as info:
             urllib.request.urlopen(request, timeout=10)
         assert info.value.code == 400 and b"not a safetensors file" in info.value.read()
 
 
+@pytest.mark.slow  # serves and trains
 def test_a_server_that_dies_mid_run_stops_training_with_a_clear_error(make_config):
     from pxpo.trainer import Trainer
     from pxpo.world.architecture import build_tiny_pipeline
 
     with serving(create_reward_app("blue_penalty")) as url:
         config = make_config(reward={"name": "http", "kwargs": {"url": url, "retries": 1, "backoff": 0.01, "timeout": 5.0}},
-                             run={"num_epochs": 2})  # fmt: skip
+                             sample={"num_steps": 2, "batch_size": 2}, train={"batch_size": 2}, eval={"seeds": [0]}, run={"num_epochs": 2})  # fmt: skip
         trainer = Trainer(config, pipeline=build_tiny_pipeline(0), progress=False)
         trainer.begin()
         trainer.step(1)

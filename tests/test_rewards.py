@@ -90,6 +90,7 @@ def test_weighted_reward_is_the_weighted_sum_and_keeps_each_term():
     assert reward.name == "2 * blue_penalty + -0.5 * red"
 
 
+@pytest.mark.slow  # trains
 def test_weighted_rewards_train_exactly_as_their_weighted_map(make_config):
     """Two rewards with weights give the same update as one reward returning the weighted map."""
     from pxpo.models import trainable_state_dict
@@ -97,7 +98,8 @@ def test_weighted_rewards_train_exactly_as_their_weighted_map(make_config):
     from pxpo.world.architecture import build_tiny_pipeline
 
     terms = [{"name": "blue_penalty", "weight": 1.0}, {"name": "jpeg_compressibility", "weight": 0.05}]
-    weighted = Trainer(make_config(reward={"terms": terms}, run={"num_epochs": 1, "name": "terms"}),
+    small = {"sample": {"num_steps": 3, "batch_size": 4}, "train": {"batch_size": 4}, "eval": {"seeds": [0]}}
+    weighted = Trainer(make_config(**small, reward={"terms": terms}, run={"num_epochs": 1, "name": "terms"}),
                        pipeline=build_tiny_pipeline(0), progress=False)  # fmt: skip
     metrics = weighted.train()
     assert {"reward_term_blue_penalty", "reward_term_jpeg_compressibility"} <= set(metrics[1])
@@ -106,7 +108,7 @@ def test_weighted_rewards_train_exactly_as_their_weighted_map(make_config):
     def by_hand(images, prompts, metadata):
         return blue(images, prompts, metadata) + 0.05 * jpeg(images, prompts, metadata)
 
-    single = Trainer(make_config(run={"num_epochs": 1, "name": "by_hand"}), reward_fn=by_hand, pipeline=build_tiny_pipeline(0),
+    single = Trainer(make_config(**small, run={"num_epochs": 1, "name": "by_hand"}), reward_fn=by_hand, pipeline=build_tiny_pipeline(0),
                      progress=False)  # fmt: skip
     single.train()
     a, b = trainable_state_dict(weighted.denoiser), trainable_state_dict(single.denoiser)

@@ -1,11 +1,11 @@
-"""The sampler against independent computations: torch.distributions.Normal, DDIMScheduler.step and
-the diffusers pipeline's own sampling loop."""
+"""DDIM as a Gaussian policy (``ddim_step_with_logprob``) on its own, against torch.distributions.Normal and
+DDIMScheduler.step, for scheduler options (prediction types, clipping) the bundled models do not use. What every
+family's policy step and sampler must do is tested in test_families.py."""
 
 import pytest
 import torch
 from diffusers import DDIMScheduler
 
-from pxpo.rollout import recompute_log_prob, sample_trajectories
 from pxpo.sampling import ddim_step_with_logprob
 from pxpo.world.architecture import scheduler_config
 
@@ -68,58 +68,3 @@ def test_deterministic_last_step_is_rejected():
     scheduler = make_scheduler(set_alpha_to_one=True)
     with pytest.raises(ValueError, match="zero variance"):
         ddim_step_with_logprob(scheduler, torch.randn(SHAPE), scheduler.timesteps[-1], torch.randn(SHAPE), 1.0)
-
-
-def test_per_sample_timesteps_match_single_calls():
-    scheduler = make_scheduler()
-    model_output, sample, prev = torch.randn(SHAPE), torch.randn(SHAPE), torch.randn(SHAPE)
-    timesteps = scheduler.timesteps[[0, 9, 19]]
-    batched = ddim_step_with_logprob(scheduler, model_output, timesteps, sample, 1.0, prev_sample=prev)
-    for i, t in enumerate(timesteps):
-        single = ddim_step_with_logprob(scheduler, model_output[i : i + 1], t, sample[i : i + 1], 1.0, prev_sample=prev[i : i + 1])
-        torch.testing.assert_close(batched.log_prob[i : i + 1], single.log_prob)
-        torch.testing.assert_close(batched.mean[i : i + 1], single.mean)
-
-
-def test_same_seed_same_draw():
-    scheduler = make_scheduler()
-    args = (scheduler, torch.randn(SHAPE), scheduler.timesteps[3], torch.randn(SHAPE), 1.0)
-    a = ddim_step_with_logprob(*args, generator=torch.Generator().manual_seed(7))
-    b = ddim_step_with_logprob(*args, generator=torch.Generator().manual_seed(7))
-    c = ddim_step_with_logprob(*args, generator=torch.Generator().manual_seed(8))
-    assert torch.equal(a.prev_sample, b.prev_sample)
-    assert not torch.equal(a.prev_sample, c.prev_sample)
-
-
-def test_trajectories_reproduce_the_diffusers_pipeline(tiny_pipe):
-    prompts = ["red taxi in traffic", "nature landscape"]
-    seeds = [3, 4]
-    ours = sample_trajectories(
-        tiny_pipe, prompts, num_steps=6, guidance_scale=5.0, noise_level=1.0, generator=[torch.Generator().manual_seed(s) for s in seeds]
-    )
-    reference = tiny_pipe(
-        prompts, num_inference_steps=6, guidance_scale=5.0, eta=1.0, output_type="pt",
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
-    ).images
-    assert ours.latents.shape == (2, 7, 4, 16, 16)
-    assert ours.log_probs.shape == (2, 6, 4, 16, 16)
-    assert ours.images.shape == (2, 3, 64, 64)
-    torch.testing.assert_close(ours.images, reference, rtol=1e-4, atol=1e-4)
-
-
-def test_recomputed_log_probs_equal_sampled_ones(tiny_pipe):
-    trajectories = sample_trajectories(
-        tiny_pipe, ["red taxi in traffic"] * 3, num_steps=5, guidance_scale=4.0, noise_level=1.0, generator=torch.Generator().manual_seed(0)
-    )
-    rows = torch.tensor([0, 1, 2])
-    with torch.no_grad():
-        for j in range(5):
-            step = torch.full((3,), j)
-            out = recompute_log_prob(tiny_pipe, tiny_pipe.unet, trajectories, rows, step, guidance_scale=4.0, noise_level=1.0)
-            torch.testing.assert_close(out.log_prob, trajectories.log_probs[:, j], rtol=1e-4, atol=1e-4)
-    # A different order of (sample, step) pairs in one batch gives the same values.
-    mixed = recompute_log_prob(
-        tiny_pipe, tiny_pipe.unet, trajectories, torch.tensor([2, 0]), torch.tensor([4, 1]), guidance_scale=4.0, noise_level=1.0
-    )
-    torch.testing.assert_close(mixed.log_prob[0], trajectories.log_probs[2, 4], rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(mixed.log_prob[1], trajectories.log_probs[0, 1], rtol=1e-4, atol=1e-4)

@@ -8,15 +8,13 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusion3Pipeline, StableDiffusionPipeline
 
 from pxpo.cli import main
-from pxpo.config import load_config, validate_config
+from pxpo.config import load_config
 from pxpo.models import load_pipeline, load_segmenter
 from pxpo.world import WEIGHTS
 from pxpo.rewards import RewardError, load_reward
 from pxpo.trainer import Trainer
 from pxpo.world.evaluate import segmenter_iou
 from pxpo.world.scenes import CLASSES, FAMILIES, FAMILY_PROMPTS, ID2LABEL, LABEL2ID, class_presence, render_scene
-
-pytestmark = pytest.mark.slow  # the full tier (CI); `pytest -m "not slow"` is the fast tier
 
 
 def test_renderer_is_deterministic_and_seeds_differ():
@@ -53,16 +51,18 @@ def test_labels_and_captions_agree_with_what_is_drawn(family):
                 assert scene.image[mask].astype(float).std(axis=0).max() < 12, (seed, name)
 
 
-def test_day_sky_is_blue_and_taxi_is_red():
-    for seed in range(30):
+def test_every_taxi_scene_has_a_red_taxi_in_front_and_a_blue_day_sky():
+    """What the blue-penalty experiment acts on, in every scene rather than one seed's: the taxi is painted red after
+    the cars behind it and is larger than the cars in front (so it is never hidden), and the day sky is a gradient
+    between two blues whose blue exceeds their red by 0.3, far above the texture noise (0.025)."""
+    for seed in range(200):
         scene = render_scene(seed, "taxi")
-        if scene.attributes["time"] != "day":
-            continue
-        sky = scene.image[scene.labels == LABEL2ID["sky"]].mean(axis=0)
-        assert sky[2] > sky[0]
-    taxi = render_scene(0, "taxi")
-    cars = taxi.image[taxi.labels == LABEL2ID["car"]].astype(float)
-    assert (cars[:, 0] > 1.5 * cars[:, 2]).mean() > 0.3  # a good share of car pixels is the red taxi
+        image = scene.image.astype(float) / 255
+        red = (image[..., 0] > 2 * image[..., 1:].max(axis=-1)) & (scene.labels == LABEL2ID["car"])
+        assert red.sum() >= 40, (seed, int(red.sum()))  # (at least 70 in these scenes)
+        if scene.attributes["time"] == "day":
+            sky = image[scene.labels == LABEL2ID["sky"]]
+            assert (sky[:, 2] - sky[:, 0]).min() > 0.2, seed  # every sky pixel
 
 
 def test_bundled_models_load_offline_through_the_public_loaders():
@@ -74,7 +74,8 @@ def test_bundled_models_load_offline_through_the_public_loaders():
     assert flow.transformer.config.sample_size == 16 and flow.vae_scale_factor == 4
     model, processor = load_segmenter("pxpo-tiny-seg")
     assert {int(k): v for k, v in model.config.id2label.items()} == ID2LABEL
-    assert processor is not None
+    pixels = processor(images=render_scene(0).image, return_tensors="pt")["pixel_values"]  # the processor feeds the model
+    assert pixels.shape[:2] == (1, 3) and model(pixel_values=pixels).logits.shape[:2] == (1, len(CLASSES))
     size = sum(f.stat().st_size for f in WEIGHTS.rglob("*") if f.is_file())
     assert size <= 45 * 10**6, size  # all bundled weights together
 
@@ -100,23 +101,7 @@ def test_segmentation_reward_sign_shape_and_unknown_class():
         load_reward("segmentation", classes={"beard": -1.0})
 
 
-def test_hair_removal_run_lowers_hair_confidence(tmp_path):
-    config = validate_config(
-        {
-            "model": {"pretrained": "pxpo-tiny"},
-            "sample": {"prompts": [FAMILY_PROMPTS["beach"]], "num_steps": 10, "batch_size": 8},
-            "train": {"batch_size": 8, "learning_rate": 1e-2},
-            "reward": {"name": "segmentation", "kwargs": {"classes": {"hair": -1.0}}},
-            "eval": {"seeds": [0, 1, 2, 3]},
-            "run": {"num_epochs": 4, "output_dir": str(tmp_path), "name": "hair", "checkpoint_every": 4},
-        }
-    )
-    metrics = Trainer(config, progress=False).train()
-    before, after = metrics[0]["eval_reward_mean"], metrics[-1]["eval_reward_mean"]
-    # Same seeds before and after: at least 20 % less hair confidence (hair covers ~2 % of these images).
-    assert before < 0 and after > 0.8 * before, (before, after)
-
-
+@pytest.mark.slow  # trains
 def test_pretrain_command_writes_loadable_models(tmp_path):
     out = tmp_path / "weights"
     args = ["pretrain", "--out", str(out)] + [f"--set={k}=2" for k in ("vae_steps", "unet_steps", "flow_steps", "seg_steps")]
@@ -132,29 +117,7 @@ def test_pretrain_command_writes_loadable_models(tmp_path):
     assert main(["pretrain", "--out", str(out), "--set", "unet_stepz=3"]) == 2
 
 
-def test_painted_signs_reach_the_latent_cells_under_them(tmp_path):
-    """The human-feedback path, mechanism only: + and - strokes become advantages of the same sign on exactly
-    the latent cells they cover (single-image mode, no normalisation: the values themselves), zero elsewhere.
-    The outcome over run seeds is a benchmark: docs/benchmarks/two_objectives_seeds.md."""
-    from pxpo.app.sessions import session_config
-    from pxpo.rewards.human import PaintedFeedback
-
-    values = np.zeros((64, 64), np.float32)
-    values[0:16, 0:16] = 2.0  # latent cells [0:4, 0:4]
-    values[40:64, 32:64] = -2.0  # latent cells [10:16, 8:16]
-    feedback = PaintedFeedback()
-    feedback.set(values)
-    trainer = Trainer(session_config("tiny-random", "nature landscape", 3, tmp_path / "s"), reward_fn=feedback, progress=False)
-    trajectories = trainer.sample(1)
-    heatmaps = trainer.reward(trajectories.images, trajectories.prompts, [{}])
-    advantages = trainer.advantages(heatmaps, trajectories.prompts)[0, 0]
-    assert advantages.shape == (16, 16)
-    assert torch.all(advantages[0:4, 0:4] == 2) and torch.all(advantages[10:16, 8:16] == -2)
-    outside = torch.ones(16, 16, dtype=torch.bool)
-    outside[0:4, 0:4] = outside[10:16, 8:16] = False
-    assert torch.all(advantages[outside] == 0)
-
-
+@pytest.mark.slow  # trains the bundled SD3-class model (every family's contract, on random tiny pipelines: test_families.py)
 def test_short_pxpo_run_on_the_bundled_flow_model_loads_back_through_diffusers(tmp_path):
     config = load_config("configs/flow_blue_penalty.toml", [
         f"run.output_dir={str(tmp_path)!r}", "run.name='flow'", "run.num_epochs=2", "sample.num_steps=4", "sample.batch_size=4",
