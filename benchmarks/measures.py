@@ -4,7 +4,8 @@
   other step-noise draws), rather than the one draw a person was shown;
 - ``class_fractions`` / ``mean_class_fractions``: how much of each image the bundled segmenter assigns to
   some classes;
-- ``context_change``: how much the evaluation images changed outside the classes a task targets.
+- ``context_change``: how much the evaluation images changed outside the classes a task targets;
+- ``segment``: the segmenter's class name for each pixel.
 
 Import ``_common`` before this module (it imports torch).
 """
@@ -90,3 +91,11 @@ def context_change(trainer: Trainer, targeted: Sequence[str], last_epoch: int, m
         ids = [int(k) for k, v in segmenter.config.id2label.items() if v in targeted]
         mask = ~np.isin(labels, ids)
     return float(np.abs(last - first).mean(axis=-1)[mask].mean())
+
+
+def segment(images: np.ndarray, model: str = SEGMENTER) -> np.ndarray:
+    """The class name the segmenter gives each pixel of images [N, H, W, 3] in 0..255: [N, H, W] strings, lower case."""
+    segmenter, processor = _segmenter(model)
+    labels = class_probabilities(segmenter, processor, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255).argmax(dim=1)
+    names = np.array([str(segmenter.config.id2label[k]).lower() for k in sorted(segmenter.config.id2label, key=int)])
+    return names[labels.cpu().numpy()]

@@ -43,7 +43,7 @@ def run(model: str, seed: int, mode: str, steps: int, folder: Path, learning_rat
     maps: list[np.ndarray] = []
 
     def painting(images: torch.Tensor, prompts, metadata) -> torch.Tensor:  # the annotator, remembered
-        heatmaps = annotator(images, prompts, metadata)
+        heatmaps = annotator(images, prompts, metadata).heatmaps
         maps.append(heatmaps[0].cpu().numpy())
         return heatmaps * (len(maps) <= steps)  # the last step's map is all zero
 

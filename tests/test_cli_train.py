@@ -1,5 +1,7 @@
 """``pxpo train`` on the command line: a run, its log, and errors in one line."""
 
+import re
+
 import pytest
 
 from pxpo.cli import main
@@ -18,6 +20,13 @@ def test_cli_train_sample_and_errors(tmp_path, quick_toml, capsys):
     assert Image.open(out).size == (128, 64)  # two seeds side by side
 
     capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--set", 'run.log_with=["tensorboard"]']) == 0  # finished: nothing to train
+    out = capsys.readouterr().out
+    assert out.startswith(f"pxpo train: nothing to train: {run} has trained 1 epoch and run.num_epochs = 1. To train longer, raise "
+                          f"run.num_epochs above 1, e.g. pxpo train --resume {run} --set run.num_epochs=2\n")  # fmt: skip
+    assert re.search(r"^eval reward: -?\d\.\d{3,} ± \d\.\d{3,} \(epoch 0\) -> -?\d\.\d{3,} ± \d\.\d{3,} \(epoch 1\)$", out, re.M), out
+    assert f"trackers (tensorboard): {run}/trackers/  (tensorboard --logdir {run}/trackers)" in out
+
     assert main(["train", config, "--set", "sample.eta=0"]) == 2
     assert "sample.eta: Input should be greater than 0 (got 0)" in capsys.readouterr().err
     assert main(["train", config]) == 2  # the run folder exists: refuse to overwrite it
@@ -42,7 +51,8 @@ def test_cli_output_piped_to_a_file_has_plain_lines_and_no_bar_frames(tmp_path, 
     text = log.read_text()
     assert done.returncode == 0, text[-2000:]
     assert "\r" not in text and "\x1b[" not in text, text[:500]
-    assert "epoch 1 {" in text and "epoch 2 {" in text
+    assert re.search(r"^epoch 1/2  reward -?\d\.\d+ ± \d\.\d+  eval -?\d\.\d+ ± \d\.\d+  \(\d+\.\d s\)$", text, re.M), text
+    assert "epoch 2/2  reward" in text and "epoch 1 {" not in text
     assert "run folder:" in text and "reward_curve.png" in text and "evolution.png" in text
     assert "requires torchvision" not in text
 

@@ -91,8 +91,15 @@ def test_segmenter_iou_on_held_out_renders():
 def test_segmentation_reward_sign_shape_and_unknown_class():
     scene = render_scene(3, "beach")
     images = torch.from_numpy(scene.image).permute(2, 0, 1)[None].float() / 255
-    heatmap = load_reward("segmentation", classes={"hair": -1.0})(images, ["p"], [{}])
+    output = load_reward("segmentation", classes={"hair": -1.0})(images, ["p"], [{}])
+    heatmap = output.heatmaps
     assert heatmap.shape == (1, 64, 64)
+    from pxpo.models import load_segmenter
+    from pxpo.rewards.segmentation import class_probabilities
+
+    segmenter, processor = load_segmenter("pxpo-tiny-seg")
+    most_likely = class_probabilities(segmenter, processor, images).argmax(dim=1)
+    assert torch.equal(output.judged, most_likely == LABEL2ID["hair"])  # it judges where hair is the most likely class
     hair, sky = scene.labels == LABEL2ID["hair"], scene.labels == LABEL2ID["sky"]
     assert heatmap[0][torch.from_numpy(hair)].mean() < -0.5
     assert heatmap[0][torch.from_numpy(sky)].mean() > -0.05

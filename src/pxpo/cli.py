@@ -185,6 +185,7 @@ def cmd_app(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from pxpo.config import ConfigError, load_config
+    from pxpo.reporting import nothing_left_message, reward_change, trackers_line
     from pxpo.trainer import Trainer
 
     if args.resume:
@@ -198,6 +199,9 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise ConfigError("pxpo train needs a CONFIG file (or --resume RUN)")
         config = load_config(args.config, args.overrides)
         trainer = Trainer(config, progress=not args.no_progress, config_name=Path(args.config).stem)
+    if trainer.start_epoch > config.run.num_epochs and trainer.accelerator.is_main_process:  # a finished run resumed as it was
+        print(f"pxpo train: {nothing_left_message(trainer.run.path, trainer.start_epoch - 1, config.run.num_epochs)}")
+        trainer.progress = False  # no empty "epochs" bar
     try:
         metrics = trainer.train()
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main)
@@ -210,10 +214,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 2
     if not trainer.accelerator.is_main_process:
         return 0  # the main process prints the summary
-    last = metrics[-1]
     print(f"run folder: {trainer.run.path}")
-    if "eval_reward_mean" in last:
-        print(f"eval reward: {metrics[0]['eval_reward_mean']:.4f} (epoch 0) -> {last['eval_reward_mean']:.4f} (epoch {last['epoch']})")
+    for line in (reward_change(metrics), trackers_line(trainer.run.path, config.run.log_with)):
+        if line:
+            print(line)
     print(f"figures: {trainer.run.reward_curve}, {trainer.run.evolution}")
     weights = trainer.run.weights(config.model.lora, trainer.family.denoiser_name)
     print(f"weights: {weights}  (pxpo sample {trainer.run.path} --prompt ...)")
@@ -246,13 +250,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
         raise ValueError(f"--num-steps {args.num_steps}: expected at least 1")
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {args.out!r}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
-    pipe = load_run_pipeline(args.model)[0] if RunFolder(args.model).config.is_file() else load_pipeline(args.model)
+    pipe, config = load_run_pipeline(args.model) if RunFolder(args.model).config.is_file() else (load_pipeline(args.model), None)
     family = family_for(pipe)
     noise_level = family.policy_noise(args.eta, args.noise_level)
     images = sample_trajectories(
         family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,
         noise_level=noise_level, generator=[torch.Generator().manual_seed(seed) for seed in args.seed],
-        height=args.height, width=args.width,
+        height=args.height, width=args.width, adapter_steps=config.step_range if config and config.train.step_window else None,
     ).images  # fmt: skip
     strip = Image.new("RGB", (images.shape[-1] * len(images), images.shape[-2]))
     for i, image in enumerate(images):

@@ -112,10 +112,28 @@ class TrainConfig(_Section):
     adam_beta2: float = Field(0.999, ge=0, lt=1, description="AdamW beta2.")
     adam_weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay.")
     adam_epsilon: float = Field(1e-8, gt=0, description="AdamW epsilon.")
-    batch_size: int = Field(4, gt=0, description="Samples per training batch (per process).")
+    batch_size: int = Field(
+        4,
+        gt=0,
+        description="Samples per training batch (per process). When one batch (times gradient_accumulation_steps) holds all "
+        "of an epoch's samples and num_inner_epochs = 1, the epoch makes one optimizer step, on the policy that sampled it: "
+        "approx_kl and clipfrac are then 0 by construction and the epoch lines leave them out (metrics.jsonl keeps them).",
+    )
     gradient_accumulation_steps: int = Field(1, gt=0, description="Training batches whose gradients are summed per optimizer step.")
-    num_inner_epochs: int = Field(1, gt=0, description="Passes over each epoch's samples (PPO inner epochs).")
+    num_inner_epochs: int = Field(
+        1,
+        gt=0,
+        description="Passes over each epoch's samples (PPO inner epochs). Only the second and later optimizer steps of an "
+        "epoch are off-policy, so the PPO clip, approx_kl and clipfrac act only with several steps per epoch (more inner "
+        "epochs, or train.batch_size below the samples per epoch); with one, the epoch lines leave approx_kl and clipfrac out.",
+    )
     timestep_fraction: float = Field(1.0, gt=0, le=1, description="Fraction of the T steps trained per sample (a random subset).")
+    step_window: list[int] | None = Field(
+        None,
+        description="[start, end]: the LoRA acts, and is trained, only on denoising steps start..end-1 (0 is the first, noisiest "
+        "step); the other steps run the base model, while sampling too. Late steps decide detail rather than layout, so a "
+        "late window keeps the composition (docs/human_feedback.md). Needs model.lora. Unset: every step.",
+    )
     timesteps_per_forward: int = Field(
         1,
         gt=0,
@@ -127,6 +145,21 @@ class TrainConfig(_Section):
         ge=0,
         description="Weight of the KL to the reference policy (the base model, LoRA switched off): per element "
         "(mean - mean_ref)^2 / (2 std^2), averaged; needs model.lora = true. 0: off.",
+    )
+    preserve_coef: float = Field(
+        0.0,
+        ge=0,
+        description="Weight of the preservation term: a per-element divergence on the latent locations that no reward judged "
+        "(a reward's judged map, e.g. a person's strokes or a segmenter's target classes, downsampled like the heatmaps), "
+        "averaged over elements, so that feedback on some pixels leaves the others as they were. 0: off (rewards that judge "
+        "every pixel make it 0 anyway). docs/human_feedback.md measures what it costs and buys.",
+    )
+    preserve_reference: Literal["base", "sampling"] = Field(
+        "base",
+        description="What the unjudged locations are kept close to: 'base', the base model (the LoRA off; per element "
+        "(mean - mean_base)^2 / (2 std^2); one more forward pass per trained step; needs model.lora); 'sampling', the "
+        "policy that sampled the epoch (per element 0.5 * log_ratio^2 from the recorded log-probs; no extra pass, but 0 "
+        "on the first optimiser step of an epoch).",
     )
     clip_range: float | None = Field(
         None,
@@ -192,7 +225,11 @@ class EvalConfig(_Section):
 
 class RunConfig(_Section):
     output_dir: str = Field("runs", description="Folder in which the run folder is made.")
-    name: str | None = Field(None, description="Run folder name; defaults to the config file's name and the time.")
+    name: str | None = Field(
+        None,
+        description="Run folder name; defaults to the config file's name, the algorithm when it is not pxpo and the file's "
+        "name does not say it, and the time (blue_penalty-ddpo-20261205-101500 for --set train.algorithm=ddpo).",
+    )
     num_epochs: int = Field(10, gt=0, description="Epochs: each samples, rewards, computes advantages and updates.")
     seed: int = Field(0, ge=0, description="Seed of all randomness (LoRA initialisation, sampling noise, prompt draws, shuffling).")
     checkpoint_every: int = Field(5, gt=0, description="Write a checkpoint every this many epochs (and after the last).")
@@ -248,6 +285,17 @@ class Config(_Section):
             raise ValueError(
                 f"advantage.normalization = {self.advantage.normalization!r} needs sample.group_size >= 2 (got {group})"
             )
+        if self.train.preserve_coef > 0 and self.train.preserve_reference == "base" and not self.model.lora:
+            raise ValueError(
+                f"train.preserve_coef = {self.train.preserve_coef} with preserve_reference = 'base' needs model.lora = true: "
+                "the base policy is the model with its LoRA off (or use preserve_reference = 'sampling')"
+            )
+        window = self.train.step_window
+        if window is not None:
+            if len(window) != 2 or not 0 <= window[0] < window[1] <= self.sample.num_steps:
+                raise ValueError(f"train.step_window = {window}: expected [start, end] with 0 <= start < end <= sample.num_steps = {self.sample.num_steps}")
+            if not self.model.lora:
+                raise ValueError(f"train.step_window = {window} needs model.lora = true: outside the window the LoRA is switched off")
         if self.train.kl_coef > 0 and not self.model.lora:
             raise ValueError(
                 f"train.kl_coef = {self.train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off"
@@ -275,8 +323,13 @@ class Config(_Section):
 
     @property
     def num_train_timesteps(self) -> int:
-        """How many of the T steps are trained per sample."""
-        return max(1, math.floor(self.sample.num_steps * self.train.timestep_fraction))
+        """How many of the T steps (of the step window, when set) are trained per sample."""
+        return max(1, math.floor(len(range(*self.step_range)) * self.train.timestep_fraction))
+
+    @property
+    def step_range(self) -> tuple[int, int]:
+        """(start, end) of the trained steps: train.step_window, or every step."""
+        return tuple(self.train.step_window) if self.train.step_window is not None else (0, self.sample.num_steps)
 
     def to_toml(self) -> str:
         unused = {"reward": {"name", "kwargs"}} if self.reward.terms else None  # terms replace them
@@ -339,8 +392,39 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
+        if raw.strip().startswith(("[", "{")):  # a list or table of bare words: the shell ate the quotes
+            raise ConfigError(_quoting_hint(key.strip(), raw.strip())) from None
         value = raw.strip()  # a bare word is a string: --set model.pretrained=some/model
     return key.strip().split("."), value
+
+
+def _quoting_hint(key: str, raw: str) -> str:
+    """What to type for ``--set key=[a, b]``: strings in TOML lists and tables are quoted, and the quotes must survive
+    the shell."""
+    import shlex
+
+    def quote(item: str) -> str:
+        item = item.strip()
+        try:
+            tomllib.loads(f"v = {item}")
+            return item
+        except tomllib.TOMLDecodeError:
+            return '"' + item.strip("\"'").replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    inner, table = raw[1:].removesuffix("]" if raw[0] == "[" else "}"), raw[0] == "{"
+    if table:
+        pairs = [item.partition("=") for item in inner.split(",") if item.strip()]
+        fixed = "{" + ", ".join(f"{k.strip()} = {quote(v)}" for k, _, v in pairs) + "}"
+    else:
+        fixed = "[" + ", ".join(quote(item) for item in inner.split(",") if item.strip()) + "]"
+    try:
+        tomllib.loads(f"v = {fixed}")
+    except tomllib.TOMLDecodeError:
+        fixed = '["a", "b"]' if not table else '{key = "value"}'
+    return (
+        f"--set {key}={raw}: not a TOML value (strings in a list or table need double quotes, and the shell removes "
+        f"them unless the argument is in single quotes); write --set {shlex.quote(f'{key}={fixed}')}"
+    )
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:

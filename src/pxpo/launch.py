@@ -128,11 +128,17 @@ def log_tracker_images(trackers: Sequence, images, epoch: int) -> None:
 
 
 def new_run_path(config: Config, config_name: str) -> Path:
-    """A new run's folder: ``run.output_dir / run.name`` (default: the config's name and the time, on the main
-    process's clock for every rank)."""
+    """A new run's folder: ``run.output_dir / run.name`` (default: the config's name, the algorithm when it is not
+    the default one and the config's name does not say it, and the time, on the main process's clock for every rank:
+    ``blue_penalty-20261205-101500``, ``blue_penalty-ddpo-20261205-101500`` for ``--set train.algorithm=ddpo``)."""
     from accelerate.utils import broadcast_object_list
 
-    name = config.run.name or f"{config_name}-{datetime.now():%Y%m%d-%H%M%S}"
+    from pxpo.config import TrainConfig
+
+    algorithm = config.train.algorithm
+    named = algorithm == TrainConfig.model_fields["algorithm"].default or algorithm.lower() in config_name.lower()
+    stem = config_name if named else f"{config_name}-{algorithm}"
+    name = config.run.name or f"{stem}-{datetime.now():%Y%m%d-%H%M%S}"
     if process_state().num_processes > 1:
         name = broadcast_object_list([name])[0]
     return Path(config.run.output_dir) / name

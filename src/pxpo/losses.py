@@ -26,12 +26,14 @@ class LossOutput:
         approx_kl: 0.5 * mean((log_prob - old_log_prob)^2), an estimate of KL(old || new).
         clipfrac: the fraction of ratios outside [1 - clip_range, 1 + clip_range].
         kl: the KL to the reference policy, when the trainer adds one (``train.kl_coef > 0``).
+        preserve: the preservation term on the locations no reward judged (``train.preserve_coef > 0``).
     """
 
     loss: torch.Tensor
     approx_kl: torch.Tensor
     clipfrac: torch.Tensor
     kl: torch.Tensor | None = None
+    preserve: torch.Tensor | None = None
 
 
 def clipped_surrogate(
@@ -97,10 +99,8 @@ def ddpo_loss(
     return clipped_surrogate(log_prob, old_log_prob, advantages, clip_range)
 
 
-def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """KL(policy || reference) of two Gaussian steps with the same std, averaged over elements.
-
-    Per element (mean - reference_mean)^2 / (2 std^2): the KL of N(mean, std^2) to N(reference_mean, std^2).
+def gaussian_kl(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Per element (mean - reference_mean)^2 / (2 std^2): the KL of N(mean, std^2) to N(reference_mean, std^2).
 
     Args:
         mean: the policy step's mean [B, C, h, w].
@@ -108,6 +108,27 @@ def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch
         std: the step's standard deviation, broadcastable (e.g. [B, 1, 1, 1]).
 
     Returns:
-        A scalar: the mean over batch and elements.
+        [B, C, h, w], not reduced.
     """
-    return ((mean - reference_mean) ** 2 / (2 * std**2)).mean()
+    return (mean - reference_mean) ** 2 / (2 * std**2)
+
+
+def kl_to_reference(mean: torch.Tensor, reference_mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """KL(policy || reference) of two Gaussian steps with the same std (``gaussian_kl``), averaged over elements: a scalar."""
+    return gaussian_kl(mean, reference_mean, std).mean()
+
+
+def trust_region(log_prob: torch.Tensor, old_log_prob: torch.Tensor) -> torch.Tensor:
+    """Per element 0.5 * (log_prob - old_log_prob)^2, an estimate of the KL to the policy that sampled the step.
+
+    Needs no second model: the old log-probabilities are recorded. Zero (with zero gradient) at ratio 1, i.e. on the
+    first, on-policy optimiser step; it binds from the second (inner epochs, several training batches). [B, C, h, w].
+    """
+    return 0.5 * (log_prob - old_log_prob) ** 2
+
+
+def preservation(per_element: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """A per-element divergence [B, C, h, w] weighted by ``keep`` [B, 1, h, w] (the share of each latent cell that no
+    reward judged, in [0, 1]), averaged over all elements: exactly zero where everything was judged, and its gradient
+    reaches only the cells with ``keep > 0``."""
+    return (keep * per_element).mean()

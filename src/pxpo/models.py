@@ -69,8 +69,9 @@ def check_model_reference(name_or_path: str, registry: dict[str, object] | None 
     return name_or_path
 
 
-def _resolve(name_or_path: str, registry: dict[str, Path]) -> tuple[str, str]:
-    """(what to pass to from_pretrained, how to describe it in an error)."""
+def _resolve(name_or_path: str, registry: dict[str, Path], index_file: str) -> tuple[str, str]:
+    """(what to pass to from_pretrained, how to describe it in an error). A hub id that can be neither read from the
+    local cache nor fetched (offline, or the hub unreachable) stops here, in one line (``_check_hub``)."""
     if name_or_path in registry:
         if not registry[name_or_path].is_dir():
             raise ValueError(f"bundled model {name_or_path!r} is missing from {registry[name_or_path]} (re-run `pxpo pretrain`)")
@@ -78,7 +79,64 @@ def _resolve(name_or_path: str, registry: dict[str, Path]) -> tuple[str, str]:
     local = Path(name_or_path).expanduser()
     if local.is_dir():
         return str(local), f"folder {name_or_path!r}"
-    return name_or_path, f"hub id {name_or_path!r} (no local folder of that name; is the hub reachable?)"
+    _check_hub(name_or_path, index_file)
+    return name_or_path, f"hub id {name_or_path!r}"
+
+
+def _hub_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, now or when huggingface_hub was imported."""
+    from huggingface_hub import constants
+
+    now = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return now or constants.is_offline_mode()
+
+
+def _offline_advice(repo_id: str) -> str:
+    return (
+        f"use a local folder of the model instead (`hf download {repo_id} --local-dir DIR` where the hub is reachable), "
+        "or run with network access"
+    )
+
+
+def _one_line(error: Exception) -> str:
+    """An error's message on one line (diffusers and transformers write paragraphs)."""
+    return " ".join(str(error).split())
+
+
+def _offline_hint(name_or_path: str, what: str) -> str:
+    """For a hub id that failed to load offline (some of its files are not cached): what to do."""
+    if what.startswith("hub id") and _hub_offline():
+        return f" (HF_HUB_OFFLINE is set and some of its files are not in the local cache: {_offline_advice(name_or_path)})"
+    return ""
+
+
+def _ignore_hub_download_warnings() -> None:
+    """diffusers passes huggingface_hub an argument it deprecated; the warning says nothing to a pxpo user."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message="The `local_dir_use_symlinks` argument is deprecated", category=UserWarning)
+
+
+def _check_hub(repo_id: str, index_file: str) -> None:
+    """Raise one line when the hub id ``repo_id`` is not in the local cache and cannot be fetched: offline mode, or
+    the hub does not answer (one request, no retries: huggingface_hub would retry for half a minute, logging each try)."""
+    from huggingface_hub import constants, try_to_load_from_cache
+    from huggingface_hub.utils import get_session
+
+    if isinstance(try_to_load_from_cache(repo_id, index_file), str):
+        return  # cached: loads offline too
+    if _hub_offline():
+        raise ValueError(
+            f"hub id {repo_id!r} cannot be fetched offline (HF_HUB_OFFLINE is set) and is not in the local cache: "
+            f"{_offline_advice(repo_id)} and HF_HUB_OFFLINE unset"
+        )
+    try:
+        get_session().head(constants.ENDPOINT, timeout=10)
+    except Exception as error:  # noqa: BLE001  (DNS, refused, timeout, proxy, TLS: all mean "cannot reach it")
+        raise ValueError(
+            f"hub id {repo_id!r} cannot be fetched: the hub ({constants.ENDPOINT}) cannot be reached ({_one_line(error)}) "
+            f"and the model is not in the local cache: {_offline_advice(repo_id)}"
+        ) from None
 
 
 def load_single_file(path: str, config: str | None = None, torch_dtype: torch.dtype | None = None) -> DiffusionPipeline:
@@ -132,8 +190,9 @@ def load_pipeline(name_or_path: str, torch_dtype: torch.dtype | None = None, sin
         if torch_dtype != torch.float32:
             pipe.to(dtype=torch_dtype)
     else:
-        where, what = _resolve(name_or_path, {k: v for k, v in _PIPELINES.items() if isinstance(v, Path)})
+        where, what = _resolve(name_or_path, {k: v for k, v in _PIPELINES.items() if isinstance(v, Path)}, "model_index.json")
         try:
+            _ignore_hub_download_warnings()
             index = DiffusionPipeline.load_config(where)
             # components saved as absent (e.g. SD3 without T5: [null, null]) must be passed as None
             extra = {name: None for name, value in index.items() if isinstance(value, list) and value == [None, None]}
@@ -141,7 +200,8 @@ def load_pipeline(name_or_path: str, torch_dtype: torch.dtype | None = None, sin
                 extra.update(safety_checker=None, requires_safety_checker=False)
             pipe = DiffusionPipeline.from_pretrained(where, dtype=torch_dtype, **extra)
         except (OSError, ValueError) as error:
-            raise ValueError(f"cannot load a pipeline from {what}: {error}") from error
+            hint = _offline_hint(name_or_path, what)
+            raise ValueError(f"cannot load a pipeline from {what}: {_one_line(error)}{hint}") from error
     family_for(pipe)  # a clear error for an unsupported class; sets up the family's scheduler
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -157,12 +217,13 @@ def load_segmenter(name_or_path: str = DEFAULT_SEGMENTER):
 
     check_model_reference(name_or_path, _SEGMENTERS)
     disable_loading_bars()
-    source, what = _resolve(name_or_path, _SEGMENTERS)
+    source, what = _resolve(name_or_path, _SEGMENTERS, "config.json")
     try:
         model = AutoModelForSemanticSegmentation.from_pretrained(source)
         processor = AutoImageProcessor.from_pretrained(source)
     except (OSError, ValueError) as error:
-        raise ValueError(f"cannot load a semantic-segmentation model from {what}: {error}") from error
+        hint = _offline_hint(name_or_path, what)
+        raise ValueError(f"cannot load a semantic-segmentation model from {what}: {_one_line(error)}{hint}") from error
     return model.eval().requires_grad_(False), processor
 
 

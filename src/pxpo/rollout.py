@@ -36,6 +36,7 @@ def sample_trajectories(
     width: int | None = None,
     initial_noise: torch.Tensor | None = None,
     metadata: Sequence[dict] | None = None,
+    adapter_steps: tuple[int, int] | None = None,
     progress: bool = False,
     desc: str = "sampling",
 ) -> Trajectories:
@@ -67,8 +68,10 @@ def sample_trajectories(
     timesteps = family.set_timesteps(num_steps, latent_shape)
     latents = initial_noise.float() if initial_noise is not None else family.initial_noise(len(prompts), latent_shape, generator)
     all_latents, all_log_probs = [latents], []
-    for t in bar(timesteps, desc=desc, enabled=progress):
-        model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
+    for j, t in enumerate(bar(timesteps, desc=desc, enabled=progress)):
+        outside = adapter_steps is not None and not adapter_steps[0] <= j < adapter_steps[1]
+        with adapters_off(family.denoiser) if outside else contextlib.nullcontext():
+            model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
         step = family.step(model_output, t, latents, noise_level, generator=generator)
         latents = step.prev_sample
         all_latents.append(latents)
@@ -151,11 +154,17 @@ class Policy:
     def reference_log_prob(self, trajectories: Trajectories, rows: torch.Tensor, steps: torch.Tensor) -> StepOutput:
         """The reference policy's step: the same weights with the LoRA adapters switched off (no gradient)."""
         denoiser = self.unwrapped if self.unwrapped is not None else self.denoiser
-        denoiser.disable_adapters()
-        try:
-            with self.autocast():
-                return recompute_log_prob(
-                    self.family, denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale, noise_level=self.noise_level
-                )
-        finally:
-            denoiser.enable_adapters()
+        with adapters_off(denoiser), self.autocast():
+            return recompute_log_prob(
+                self.family, denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale, noise_level=self.noise_level
+            )
+
+
+@contextlib.contextmanager
+def adapters_off(denoiser: torch.nn.Module):
+    """The denoiser with its LoRA adapters switched off inside the block (the base model); on again after it."""
+    denoiser.disable_adapters()
+    try:
+        yield denoiser
+    finally:
+        denoiser.enable_adapters()

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -247,8 +249,8 @@ class RunFolder:
         target = self.checkpoint_path(epoch)
         tensors, param_groups = flatten_optimizer_state(optimizer)
         with atomic_directory(target) as tmp:
-            save_file({k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors")
-            save_file(tensors, tmp / "optimizer.safetensors")
+            _save_tensors({k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors", target)
+            _save_tensors(tensors, tmp / "optimizer.safetensors", target)
             (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "param_groups": param_groups, **state}, indent=2))
         for old in self.list_checkpoints()[:-keep]:
             shutil.rmtree(old)
@@ -260,6 +262,20 @@ class RunFolder:
         state = json.loads((path / "state.json").read_text())
         optimizer_state = unflatten_optimizer_state(load_file(path / "optimizer.safetensors"), state.pop("param_groups"))
         return load_file(path / "trainable.safetensors"), optimizer_state, state
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, checkpoint: Path) -> None:
+    """``save_file``, raising OSError naming the checkpoint's file (safetensors raises its own error type, e.g. "Error
+    while serializing: I/O error: No space left on device (os error 28)", which names no file)."""
+    try:
+        save_file(tensors, path)
+    except SafetensorError as error:
+        found = re.search(r"\(os error (\d+)\)", str(error))
+        shown = str(checkpoint / path.name)
+        if found is None:
+            raise OSError(f"cannot write the checkpoint {shown!r}: {error}") from None
+        code = int(found.group(1))
+        raise OSError(code, f"{os.strerror(code)} while writing the checkpoint", shown) from None
 
 
 def load_run_pipeline(path: str | Path) -> tuple[DiffusionPipeline, Config]:

@@ -164,14 +164,16 @@ class TrainingCall(NamedTuple):
 def training_batches(num_samples: int, num_steps: int, config: Config, generator: torch.Generator) -> Iterator[TrainingCall]:
     """The order of an epoch's update, one ``TrainingCall`` per denoiser call, over the inner epochs.
 
-    Each inner epoch shuffles the samples and, per sample, its T steps; each training batch of ``train.batch_size``
+    Each inner epoch shuffles the samples and, per sample, its T steps (those of ``train.step_window``, when set); each
+    training batch of ``train.batch_size``
     samples trains its first ``num_train_timesteps`` steps, ``train.timesteps_per_forward`` at a time.
     """
-    train = config.train
+    train, (first, end) = config.train, config.step_range
     chunks = timestep_chunks(config)
+    window = end - first if train.step_window is not None else num_steps
     for _ in range(train.num_inner_epochs):
         order = torch.randperm(num_samples, generator=generator)
-        step_order = torch.stack([torch.randperm(num_steps, generator=generator) for _ in range(num_samples)])  # [n, T]
+        step_order = torch.stack([torch.randperm(window, generator=generator) for _ in range(num_samples)]) + first  # [n, T]
         for rows in order.split(train.batch_size):
             for chunk in chunks:
                 weight = len(chunk) * len(chunks) / config.num_train_timesteps

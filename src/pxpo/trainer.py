@@ -163,7 +163,8 @@ class Trainer:
             item.update(metadata or {})
         rewards = phase("reward", lambda: self.reward(trajectories.images, trajectories.prompts, trajectories.metadata))
         advantages = phase("advantage", lambda: self.advantages(rewards.heatmaps, trajectories.prompts))
-        stats = phase("update", lambda: self.update(Batch(trajectories, rewards.heatmaps, advantages), epoch))
+        keep = self.algorithm.keep(rewards.judged)
+        stats = phase("update", lambda: self.update(Batch(trajectories, rewards.heatmaps, advantages, keep), epoch))
         evaluation = phase("evaluate", lambda: self.evaluate(epoch)) if evaluate else {}
         seconds = self.timer.seconds
         image_rewards = self.accelerator.gather(rewards.heatmaps.mean(dim=(1, 2)))
@@ -193,6 +194,7 @@ class Trainer:
             return sample_trajectories(
                 self.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, noise_level=self.policy.noise_level,
                 generator=generator, height=cfg.height, width=cfg.width, initial_noise=initial_noise, metadata=metadata,
+                adapter_steps=self.config.step_range if self.config.train.step_window else None,
                 progress=desc is not None and self._show_progress, desc=desc or "sampling",
             )  # fmt: skip
 
@@ -219,7 +221,8 @@ class Trainer:
         steps once per ``train.gradient_accumulation_steps`` batches, as in DDPO.
         """
         cfg, acc = self.config, self.accelerator
-        totals = dict.fromkeys(DIAGNOSTICS + (("kl",) if cfg.train.kl_coef > 0 else ()), 0.0)
+        extra = ("kl",) * (cfg.train.kl_coef > 0) + ("preserve",) * (cfg.train.preserve_coef > 0)
+        totals = dict.fromkeys(DIAGNOSTICS + extra, 0.0)
         if not acc.gather(batch.advantages.abs().amax().reshape(1)).any():
             # nothing to learn (e.g. an all-zero painted map): no optimiser step at all, since Adam's momentum and
             # weight decay would still move the weights, and the shown image must change only when there is feedback
@@ -239,7 +242,8 @@ class Trainer:
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
             for key in totals:
-                totals[key] += getattr(output, key).item() * call.num_steps
+                value = getattr(output, key)
+                totals[key] += (value.item() if value is not None else 0.0) * call.num_steps  # preserve: None when all was judged
             steps.update()
         steps.close()
         count = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * cfg.num_train_timesteps

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from pxpo.advantages import PerPromptStatTracker, compute_advantages
+from pxpo.advantages import PerPromptStatTracker, compute_advantages, heatmap_to_latent
 from pxpo.losses import LossOutput
 from pxpo.sampling import Trajectories
 
@@ -38,6 +38,7 @@ class Batch:
     trajectories: Trajectories
     heatmaps: torch.Tensor  # [B, H, W] pixel rewards
     advantages: torch.Tensor  # the algorithm's advantages: PXPO [B, 1, h, w]; DDPO/GRPO [B]
+    keep: torch.Tensor | None = None  # [B, 1, h, w]: the share of each latent cell no reward judged (preservation)
 
 
 class Algorithm:
@@ -65,6 +66,13 @@ class Algorithm:
         as ``advantage.normalization`` says and clipped to +-``train.adv_clip_max``."""
         cfg = self.config
         return compute_advantages(rewards, list(prompts), cfg.advantage.normalization, cfg.train.adv_clip_max, self.tracker, cfg.sample.group_size)
+
+    def keep(self, judged: torch.Tensor | None) -> torch.Tensor | None:
+        """Where to preserve: a reward's judged map bool [B, H, W] -> the unjudged share of each latent cell [B, 1, h, w],
+        downsampled like the heatmaps; None when nothing is preserved (``train.preserve_coef = 0``, or every pixel judged)."""
+        if judged is None or self.config.train.preserve_coef == 0:
+            return None
+        return heatmap_to_latent((~judged).float(), self.latent_shape[1:], self.config.advantage.interpolation)
 
     def loss(self, policy: Policy, batch: Batch, rows: torch.Tensor, steps: torch.Tensor) -> LossOutput:
         """The loss of the (sample ``rows[i]``, step ``steps[i]``) pairs [b], with gradients into ``policy``."""

@@ -2,7 +2,9 @@
 
 Both recompute the current policy's log-probability of sampled steps and minimise PPO's clipped surrogate
 (``pxpo.losses``); ``train.kl_coef`` adds the per-element KL to the reference policy (the denoiser with its
-LoRA switched off). They differ only in what carries an advantage: PXPO pairs each latent element with the
+LoRA switched off); ``train.preserve_coef`` adds a per-element divergence on the locations no reward judged (to the
+base policy, or to the policy that sampled), for both algorithms: DDPO's advantage is per image, but what it must
+leave alone is still per element. They differ only in what carries an advantage: PXPO pairs each latent element with the
 heatmap at its own location; DDPO pairs each image's element-mean log-probability with the image's mean reward.
 """
 
@@ -12,7 +14,7 @@ import torch
 
 from pxpo.advantages import heatmap_to_latent
 from pxpo.algorithms import Algorithm, Batch, register_algorithm
-from pxpo.losses import LossOutput, ddpo_loss, kl_to_reference, pxpo_loss
+from pxpo.losses import LossOutput, ddpo_loss, gaussian_kl, kl_to_reference, preservation, pxpo_loss, trust_region
 from pxpo.rollout import Policy
 
 
@@ -26,11 +28,17 @@ class PolicyGradient(Algorithm):
     def loss(self, policy: Policy, batch: Batch, rows: torch.Tensor, steps: torch.Tensor) -> LossOutput:
         trajectories, train = batch.trajectories, self.config.train
         step = policy.log_prob(trajectories, rows, steps)
-        output = self.surrogate(step.log_prob, trajectories.log_probs[rows, steps], batch.advantages[rows])
+        old_log_prob = trajectories.log_probs[rows, steps]
+        output = self.surrogate(step.log_prob, old_log_prob, batch.advantages[rows])
+        preserve_base = batch.keep is not None and train.preserve_reference == "base"
+        base = policy.reference_log_prob(trajectories, rows, steps) if train.kl_coef > 0 or preserve_base else None  # one pass for both
         if train.kl_coef > 0:
-            reference = policy.reference_log_prob(trajectories, rows, steps)
-            output.kl = kl_to_reference(step.mean, reference.mean, step.std)
+            output.kl = kl_to_reference(step.mean, base.mean, step.std)
             output.loss = output.loss + train.kl_coef * output.kl
+        if batch.keep is not None:
+            divergence = gaussian_kl(step.mean, base.mean, step.std) if preserve_base else trust_region(step.log_prob, old_log_prob)
+            output.preserve = preservation(divergence, batch.keep[rows])
+            output.loss = output.loss + train.preserve_coef * output.preserve
         return output
 
 

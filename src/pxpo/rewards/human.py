@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from pxpo.io import save_image
-from pxpo.rewards.registry import RewardError, RewardFn, register_reward
+from pxpo.rewards.registry import RewardError, RewardFn, RewardOutput, register_reward
 from pxpo.images import to_pil
 
 FEEDBACK_VALUE = 2.0
@@ -67,9 +67,10 @@ def painted() -> RewardFn:
     """The map a person painted on each image, handed over with the sample: ``metadata[i]["painted"]`` [H, W].
 
     The app trains a step with ``trainer.step(epoch, metadata={"painted": values})``; the reward holds no state.
+    It judges the painted pixels.
     """
 
-    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         maps = []
         for image, meta in zip(images, metadata):
             if meta.get(PAINTED_KEY) is None:
@@ -78,9 +79,14 @@ def painted() -> RewardFn:
             if tuple(values.shape) != tuple(image.shape[-2:]):
                 raise RewardError(f"painted feedback of shape {list(values.shape)} for an image of {list(image.shape[-2:])}: expected the image's size")
             maps.append(values)
-        return torch.stack(maps).to(images.device)
+        return painted_output(torch.stack(maps).to(images.device))
 
     return reward
+
+
+def painted_output(maps: torch.Tensor) -> RewardOutput:
+    """Painted maps [B, H, W] as a reward: they judge exactly the painted (non-zero) pixels."""
+    return RewardOutput(maps, judged=maps != 0)
 
 
 def feedback_name(step: int) -> str:
@@ -100,7 +106,7 @@ def folder_feedback(directory: str, timeout_seconds: float = 86_400.0, poll_seco
     folder = Path(directory)
     folder.mkdir(parents=True, exist_ok=True)
 
-    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         maps = []
         for image, meta in zip(images, metadata):
             name = feedback_name(int(meta.get("epoch", 0)))
@@ -115,7 +121,7 @@ def folder_feedback(directory: str, timeout_seconds: float = 86_400.0, poll_seco
             if painted.size != (image.shape[-1], image.shape[-2]):
                 raise RewardError(f"folder feedback: {feedback} is {painted.size[0]}x{painted.size[1]}; expected {image.shape[-1]}x{image.shape[-2]}")
             maps.append(torch.from_numpy(decode_feedback(painted)))
-        return torch.stack(maps).to(images.device)
+        return painted_output(torch.stack(maps).to(images.device))
 
     return reward
 
@@ -129,7 +135,8 @@ def simulated_annotator(
 ) -> RewardFn:
     """A stand-in for a person: paints +value on the segmenter's ``increase`` classes and -value on ``decrease``.
 
-    Each pixel takes the segmenter's most likely class; 0 elsewhere (the paper's Fig. 1 feedback).
+    Each pixel takes the segmenter's most likely class; 0 elsewhere (the paper's Fig. 1 feedback). Like a person, it
+    judges the pixels it paints.
     """
     from pxpo.models import load_segmenter
     from pxpo.rewards.segmentation import class_probabilities, resolve_classes
@@ -137,9 +144,9 @@ def simulated_annotator(
     segmenter, processor = load_segmenter(model)
     signs = resolve_classes(segmenter.config.id2label, {**{c: value for c in increase}, **{c: -value for c in decrease}}, model)
 
-    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         segmenter.to(images.device)
         labels = class_probabilities(segmenter, processor, images).argmax(dim=1)
-        return signs.to(images.device)[labels]
+        return painted_output(signs.to(images.device)[labels])
 
     return reward

@@ -27,10 +27,13 @@ class RewardOutput:
     Attributes:
         heatmaps: pixel rewards [B, H, W].
         terms: for a sum of rewards, each term's unweighted pixel mean per image ([B] tensors, by label).
+        judged: where the reward has an opinion, bool [B, H, W] (a person's strokes, a segmenter's target classes);
+            None: everywhere. ``train.preserve_coef`` keeps the rest of the image as it was.
     """
 
     heatmaps: torch.Tensor
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
+    judged: torch.Tensor | None = None
 
 
 class RewardError(ValueError):
@@ -129,8 +132,28 @@ def load_reward(name: str, **kwargs: Any) -> RewardFn:
 def check_reward_output(output: Any, images: torch.Tensor, reward_name: str) -> RewardOutput:
     """What a reward returned (a tensor or a RewardOutput), checked (``check_heatmaps``), as a RewardOutput."""
     if isinstance(output, RewardOutput):
-        return RewardOutput(check_heatmaps(output.heatmaps, images, reward_name), dict(output.terms))
+        heatmaps = check_heatmaps(output.heatmaps, images, reward_name)
+        return RewardOutput(heatmaps, dict(output.terms), check_judged(output.judged, heatmaps, reward_name))
     return RewardOutput(check_heatmaps(output, images, reward_name))
+
+
+def check_judged(judged: Any, heatmaps: torch.Tensor, reward_name: str) -> torch.Tensor | None:
+    """A reward's judged map: None, or bool [B, H, W] like its heatmaps; an image judged nowhere must have an all-zero map."""
+    if judged is None:
+        return None
+    if not isinstance(judged, torch.Tensor) or judged.dtype != torch.bool:
+        kind = f"a {judged.dtype} tensor" if isinstance(judged, torch.Tensor) else type(judged).__name__
+        raise RewardError(f"reward {reward_name!r} returned a judged map that is {kind}: expected a bool tensor of shape {list(heatmaps.shape)}")
+    if judged.shape != heatmaps.shape:
+        raise RewardError(f"reward {reward_name!r} returned a judged map of shape {list(judged.shape)}: expected {list(heatmaps.shape)}")
+    judged = judged.to(heatmaps.device)
+    nowhere = ~judged.flatten(1).any(1) & heatmaps.flatten(1).ne(0).any(1)
+    if bool(nowhere.any()):
+        raise RewardError(
+            f"reward {reward_name!r} judged no pixel of images {nowhere.nonzero().flatten().tolist()} but gave them non-zero rewards: "
+            "a judged map must cover the pixels the reward has an opinion on"
+        )
+    return judged
 
 
 def check_heatmaps(heatmaps: Any, images: torch.Tensor, reward_name: str) -> torch.Tensor:

@@ -7,7 +7,8 @@ The protocol (docs/reward_protocol.md), version 1:
                   "images": [B, 3, H, W], float32 in [0, 1] (or uint8 in 0..255), and in its metadata
                   "prompts": a JSON list of B strings, "metadata": a JSON list of B objects
         answer:   200, Content-Type: application/octet-stream; a safetensors file with
-                  "heatmaps": [B, H, W] float32, finite (higher is better)
+                  "heatmaps": [B, H, W] float32, finite (higher is better), and optionally
+                  "judged": [B, H, W] uint8 in {0, 1}, where the reward has an opinion (absent: everywhere)
                   4xx (the client's fault) / 500 (the reward's), Content-Type: application/json;
                   {"detail": "what went wrong"}
     GET  /v1/info  -> {"protocol": 1, "reward": NAME, "max_request_bytes": N}
@@ -40,7 +41,7 @@ from starlette.concurrency import run_in_threadpool
 from safetensors.torch import save as save_tensors
 
 from pxpo.images import to_uint8
-from pxpo.rewards.registry import RewardError, RewardFn, check_heatmaps, check_reward_output, load_reward, register_reward
+from pxpo.rewards.registry import RewardError, RewardFn, RewardOutput, check_reward_output, load_reward, register_reward
 
 PROTOCOL = 1
 PATH = "/v1/reward"
@@ -118,18 +119,24 @@ def http_reward(url: str, timeout: float = 60.0, retries: int = 2, backoff: floa
     if not endpoint.startswith(("http://", "https://")):
         raise ValueError(f"url = {url!r}: expected http://HOST:PORT")
 
-    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         body = encode_request(images, prompts, metadata, image_dtype)
         answer = _post(endpoint, body, timeout, retries, backoff)
         try:
-            heatmaps = load_tensors(answer)["heatmaps"]
+            tensors = load_tensors(answer)
+            heatmaps, judged = tensors["heatmaps"], tensors.get("judged")
         except Exception as error:  # noqa: BLE001
             raise RewardError(f"reward server {endpoint} answered something that is not a safetensors file with 'heatmaps' ({error})") from None
         try:
             _check_dtype(heatmaps, HEATMAP_DTYPES, "heatmaps of")
+            if judged is not None:
+                _check_dtype(judged, {"uint8": torch.uint8}, "a judged map of")
         except ValueError as error:
             raise RewardError(f"reward server {endpoint} answered {error}") from None
-        return check_heatmaps(heatmaps, images, f"http {endpoint}").to(images.device)
+        if judged is not None and bool((judged > 1).any()):
+            raise RewardError(f"reward server {endpoint} answered a judged map with values other than 0 and 1")
+        output = RewardOutput(heatmaps, judged=None if judged is None else judged.bool())
+        return check_reward_output(output, images, f"http {endpoint}")
 
     return reward
 
@@ -245,13 +252,16 @@ def create_reward_app(name: str, kwargs: dict[str, Any] | None = None, max_reque
         except ValueError as error:
             return JSONResponse({"detail": str(error)}, status_code=400)
         try:
-            heatmaps = await run_in_threadpool(lambda: check_reward_output(reward_fn(images, prompts, metadata), images, name).heatmaps)
+            output = await run_in_threadpool(lambda: check_reward_output(reward_fn(images, prompts, metadata), images, name))
         except RewardError as error:
             return JSONResponse({"detail": str(error)}, status_code=500)
         except Exception as error:  # noqa: BLE001  (the reward's own failure: the server's fault, told in the answer and the log)
             logger.exception("reward %r failed", name)
             return JSONResponse({"detail": f"reward {name!r} failed: {type(error).__name__}: {error}"}, status_code=500)
-        return Response(save_tensors({"heatmaps": heatmaps.float().cpu().contiguous()}), media_type=MEDIA_TYPE)
+        tensors = {"heatmaps": output.heatmaps.float().cpu().contiguous()}
+        if output.judged is not None:
+            tensors["judged"] = output.judged.to(torch.uint8).cpu().contiguous()
+        return Response(save_tensors(tensors), media_type=MEDIA_TYPE)
 
     return app
 

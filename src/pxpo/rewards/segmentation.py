@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-from pxpo.rewards.registry import RewardError, RewardFn, register_reward
+from pxpo.rewards.registry import RewardError, RewardFn, RewardOutput, register_reward
 
 
 @torch.no_grad()
@@ -50,6 +50,9 @@ def resolve_classes(id2label: dict, classes: dict[str, float], model_name: str) 
 def segmentation(model: str = "pxpo-tiny-seg", classes: dict[str, float] | None = None, batch_size: int = 16) -> RewardFn:
     """Pixel reward = sum over classes of weight * the segmenter's confidence in that class.
 
+    It judges the pixels the segmenter assigns (most likely class) to one of ``classes``: the rest of the image is
+    not its business (``train.preserve_coef`` keeps it).
+
     Args:
         model: a semantic-segmentation model: the bundled "pxpo-tiny-seg", a folder or a hub id
             (e.g. "mattmdjaga/segformer_b2_clothes", whose hair class is "Hair").
@@ -64,9 +67,10 @@ def segmentation(model: str = "pxpo-tiny-seg", classes: dict[str, float] | None 
     segmenter, processor = load_segmenter(model)
     weights = resolve_classes(segmenter.config.id2label, classes, model)
 
-    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> torch.Tensor:
+    def reward(images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         segmenter.to(images.device)
         probabilities = class_probabilities(segmenter, processor, images, batch_size)
-        return torch.einsum("bkhw,k->bhw", probabilities, weights.to(probabilities.device))
+        heatmaps = torch.einsum("bkhw,k->bhw", probabilities, weights.to(probabilities.device))
+        return RewardOutput(heatmaps, judged=weights.to(probabilities.device).ne(0)[probabilities.argmax(dim=1)])
 
     return reward

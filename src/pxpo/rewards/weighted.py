@@ -25,7 +25,7 @@ class WeightedReward:
 
     A scalar reward takes part as its constant map (the registered scalar rewards return one; wrap your
     own with ``pxpo.rewards.scalar_as_heatmap``). Returns a RewardOutput whose ``terms`` hold each term's
-    unweighted pixel mean per image ([B] tensors, by name), for logging.
+    unweighted pixel mean per image ([B] tensors, by name), for logging; it judges the union of what its terms judge.
     """
 
     def __init__(self, terms: Sequence[Term]) -> None:
@@ -41,12 +41,12 @@ class WeightedReward:
         return " + ".join(f"{t.weight:g} * {t.name}" for t in self.terms)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        total, means = None, {}
-        for term in self.terms:
-            heatmap = check_reward_output(term.fn(images, prompts, metadata), images, term.name).heatmaps
-            means[term.name] = heatmap.mean(dim=(1, 2))
-            total = term.weight * heatmap if total is None else total + term.weight * heatmap
-        return RewardOutput(total, means)
+        outputs = [check_reward_output(term.fn(images, prompts, metadata), images, term.name) for term in self.terms]
+        total = sum(term.weight * output.heatmaps for term, output in zip(self.terms, outputs))
+        means = {term.name: output.heatmaps.mean(dim=(1, 2)) for term, output in zip(self.terms, outputs)}
+        judged = [output.judged for output in outputs]  # the union; a term that judges everything makes it everything
+        union = None if any(j is None for j in judged) else torch.stack(judged).any(dim=0)
+        return RewardOutput(total, means, union)
 
 
 def weighted_reward(terms: Sequence[RewardTerm | dict]) -> WeightedReward:
