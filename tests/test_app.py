@@ -53,7 +53,7 @@ def start(client, name="s1", seed=3):
 def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
     state = start(client)
     assert (state["step"], state["width"], state["height"], state["history"]) == (0, 64, 64, [])
-    assert client.get("/api/sessions").json() == [{"name": "s1", "prompt": "nature landscape", "step": 0}]
+    assert client.get("/api/sessions").json() == [{"name": "s1", "model": MODEL, "prompt": "nature landscape", "step": 0}]
     image0 = client.get("/api/sessions/s1/image/0")
     assert image0.status_code == 200 and image0.headers["content-type"] == "image/png"
 
@@ -70,7 +70,7 @@ def test_session_step_saves_image_map_metrics_and_checkpoint(client, tmp_path):
     assert (folder / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert client.get("/api/sessions/s1/image/1").status_code == 200
     assert client.get("/api/sessions/s1/image/2").status_code == 404
-    assert client.get("/api/sessions").json() == [{"name": "s1", "prompt": "nature landscape", "step": 1}]
+    assert client.get("/api/sessions").json() == [{"name": "s1", "model": MODEL, "prompt": "nature landscape", "step": 1}]
 
     layer = client.get("/api/sessions/s1/map/0")  # the previous map, as a transparent overlay
     assert layer.status_code == 200 and layer.headers["content-type"] == "image/png"
@@ -321,3 +321,47 @@ def test_cross_site_requests_and_other_host_names_are_refused(client, tmp_path):
     same = client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(),
                        headers={**OCTET, "Origin": BASE})  # fmt: skip
     assert same.status_code == 200
+
+
+@pytest.mark.slow  # trains
+def test_every_route_taking_a_step_answers_404_naming_the_valid_steps(client):
+    start(client)
+    assert client.get("/api/sessions/s1/painted/0").status_code == 404  # nothing painted yet
+    none_yet = client.get("/api/sessions/s1/map/0").json()["detail"]
+    assert "no painted map yet" in none_yet, none_yet
+    client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers=OCTET)
+    for route, bad_steps, valid in [("image", (-1, 2, 99999), "images of steps 0 to 1"),
+                                    ("painted", (-1, 1, 2, 99999), "painted maps of step 0"),
+                                    ("map", (-1, 1, 2, 99999), "painted maps of step 0")]:  # fmt: skip
+        for step in bad_steps:
+            response = client.get(f"/api/sessions/s1/{route}/{step}")
+            assert response.status_code == 404, (route, step, response.text)
+            detail = response.json()["detail"]
+            assert detail.startswith(f"step {step}:") and valid in detail, (route, step, detail)
+        assert client.get(f"/api/sessions/s1/{route}/0").status_code == 200
+
+
+def test_a_prompt_or_model_that_is_not_encodable_text_is_refused_naming_the_field(client, tmp_path):
+    json_type = {"Content-Type": "application/json"}
+    for field, body in [("prompt", b'{"name": "sur", "prompt": "a \\ud800 lake", "seed": 1}'),
+                        ("model", b'{"name": "sur", "prompt": "a lake", "seed": 1, "model": "\\udfff"}')]:  # fmt: skip
+        response = client.post("/api/sessions", content=body, headers=json_type)  # a lone surrogate: valid JSON, not text
+        detail = response.json()["detail"]
+        assert response.status_code == 400 and detail.startswith(f"{field}: not encodable text") and "surrogate" in detail, detail
+    assert not (tmp_path / "sessions" / "sur").exists()
+
+
+@pytest.mark.slow  # builds a session's Trainer
+def test_the_session_list_names_each_model_and_opening_says_whether_it_was_created(client):
+    assert client.get("/api/config").json()["default_model"] == MODEL
+    first = client.post("/api/sessions", json={"name": "s1", "prompt": "nature landscape", "seed": 3})
+    assert first.json()["created"] is True and first.json()["model"] == MODEL
+    again = client.post("/api/sessions", json={"name": "s1", "prompt": "nature landscape", "seed": 3, "model": MODEL})
+    assert again.json()["created"] is False and again.json()["step"] == 0
+    assert client.get("/api/sessions").json() == [{"name": "s1", "model": MODEL, "prompt": "nature landscape", "step": 0}]
+
+
+def test_opening_a_session_by_name_that_does_not_exist_says_so(client, tmp_path):
+    response = client.post("/api/sessions", json={"name": "gone"})  # a reload or link after the folder was removed
+    assert response.status_code == 404 and response.json()["detail"].startswith("no session named 'gone'")
+    assert not (tmp_path / "sessions" / "gone").exists()

@@ -5,6 +5,7 @@ Needs /usr/bin/chromium (scripts/setup.sh installs it with apt-get). CI runs thi
 
 import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -45,13 +46,40 @@ def stroke(page, box, x0, y0, x1, y1):
     page.mouse.up()
 
 
-def start_session(p, tmp_path, url, name, viewport=(1280, 1200), mobile=False):
-    """A fresh browser profile on the page; start session ``name`` ("nature landscape", seed 4) and wait for its image."""
+def open_page(p, tmp_path, url, name, viewport=(1280, 1200), mobile=False):
+    """A fresh browser profile (``name``) on the page; the context and the page."""
     context = p.chromium.launch_persistent_context(str(tmp_path / f"profile-{name}"), executable_path=CHROMIUM, args=FLAGS, headless=True,
                                                  viewport={"width": viewport[0], "height": viewport[1]}, is_mobile=mobile,
                                                  has_touch=mobile)  # fmt: skip
     page = context.new_page()
     page.goto(url)
+    return context, page
+
+
+def screenshot(page, name, tmp_path):
+    """Save a screenshot as NAME.png in $PXPO_SCREENSHOTS or in tmp_path. The docs' pictures (docs/images/app*.png):
+    PXPO_APP_MODEL=pxpo-tiny PXPO_SCREENSHOTS=docs/images pytest tests/test_browser.py -k "paint_train or small_screens or first_screen"
+    """
+    page.screenshot(path=str(Path(os.environ.get("PXPO_SCREENSHOTS") or tmp_path) / f"{name}.png"))
+
+
+def in_view(page, selector, size):
+    """Whether the element is wholly on the first screen of a ``size`` viewport."""
+    box = page.locator(selector).bounding_box()
+    return box is not None and box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= size[0] and box["y"] + box["height"] <= size[1]
+
+
+def gap(page, a, b):
+    """The distance in pixels between the boxes of two elements (0 when they touch or overlap)."""
+    x, y = page.locator(a).bounding_box(), page.locator(b).bounding_box()
+    dx = max(x["x"] - (y["x"] + y["width"]), y["x"] - (x["x"] + x["width"]), 0)
+    dy = max(x["y"] - (y["y"] + y["height"]), y["y"] - (x["y"] + x["height"]), 0)
+    return (dx**2 + dy**2) ** 0.5
+
+
+def start_session(p, tmp_path, url, name, viewport=(1280, 1200), mobile=False):
+    """A fresh browser profile on the page; start session ``name`` ("nature landscape", seed 4) and wait for its image."""
+    context, page = open_page(p, tmp_path, url, name, viewport, mobile)
     page.fill("#session", name)
     page.fill("#prompt", "nature landscape")
     page.fill("#seed", "4")
@@ -66,7 +94,7 @@ def test_paint_train_step_and_see_the_new_image(server, tmp_path):
 
     url, sessions = server
     with sync_playwright() as p:
-        context, page = start_session(p, tmp_path, url, "browser")  # 1280 x 1200: the whole canvas on screen
+        context, page = start_session(p, tmp_path, url, "browser", viewport=(1280, 800))  # the whole canvas on screen
 
         box = page.locator("#paint").bounding_box()
         page.fill("#size", "8")
@@ -81,7 +109,8 @@ def test_paint_train_step_and_see_the_new_image(server, tmp_path):
         assert page.locator("#reward-plot").get_attribute("data-points") == "1"
         assert "Step 1 done" in page.locator("#status").text_content()
         page.wait_for_function("document.querySelector('button.session-link').textContent.endsWith('step 1')")  # the list follows
-        page.screenshot(path=os.environ.get("PXPO_SCREENSHOT") or str(tmp_path / "app.png"))  # docs/images/app.png
+        page.wait_for_function("document.querySelector('#before').complete && document.querySelector('#after').complete")
+        screenshot(page, "app", tmp_path)  # docs/images/app.png
         context.close()
 
     values = decode_feedback(Image.open(sessions / "browser" / "feedback" / "step_0000.feedback.png"))
@@ -112,7 +141,7 @@ def test_reload_restores_the_session_and_existing_sessions_are_clickable(server,
         page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
         assert page.locator("#prompt").input_value() == "nature landscape"
         page.goto(url)  # no session in the URL: pick it from the list (name, prompt and step count)
-        page.locator("button.session-link", has_text='again: "nature landscape", step 1').click()
+        page.locator("button.session-link", has_text='again: "nature landscape", tiny-random, step 1').click()
         page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=60_000)
         assert page.locator("#previous-map").is_hidden()  # the previous map on demand only
         page.check("#show-previous")
@@ -161,14 +190,21 @@ def test_image_and_train_button_fit_small_screens_and_touch_paints(server, tmp_p
         for box in (stage, train):  # both wholly on the first screen
             assert box["x"] >= 0 and box["y"] >= 0 and box["x"] + box["width"] <= size[0] and box["y"] + box["height"] <= size[1], box
         assert page.evaluate("document.documentElement.scrollWidth") <= size[0]  # no sideways scrolling
+        box = page.locator("#paint").bounding_box()
+        if not mobile:
+            page.click("#brush-plus")
+            stroke(page, box, 0.15, 0.8, 0.55, 0.8)
+            page.click("#brush-minus")
+            stroke(page, box, 0.55, 0.3, 0.85, 0.3)
+            screenshot(page, "app_800x600", tmp_path)  # painting, before the step
         if mobile:  # a finger stroke paints, as the mouse does
-            box = page.locator("#paint").bounding_box()
             page.evaluate("""([x0, y, x1]) => {
                 const canvas = document.querySelector('#paint');
                 const fire = (type, x) => canvas.dispatchEvent(new PointerEvent(type, {clientX: x, clientY: y, pointerId: 1,
                     pointerType: 'touch', isPrimary: true, bubbles: true}));
                 fire('pointerdown', x0); for (let i = 1; i <= 10; i++) fire('pointermove', x0 + (x1 - x0) * i / 10); fire('pointerup', x1);
             }""", [box["x"] + 0.2 * box["width"], box["y"] + 0.5 * box["height"], box["x"] + 0.8 * box["width"]])  # fmt: skip
+            screenshot(page, "app_phone", tmp_path)
             page.click("#train")
             page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
         context.close()
@@ -215,3 +251,131 @@ def test_before_after_export_stale_tab_and_empty_map(server, tmp_path):
         context.close()
     assert (sessions / "both" / "feedback_evolution.png").is_file()
     assert not (sessions / "both" / "feedback" / "step_0001.feedback.png").exists()  # the stale map trained nothing
+
+
+BROKEN_IMAGES = "Array.from(document.images).filter((i) => i.checkVisibility() && !(i.complete && i.naturalWidth > 0)).map((i) => i.id)"
+
+
+@pytest.mark.parametrize(("size", "mobile"), [((1280, 800), False), ((800, 600), False), ((390, 844), True)])
+def test_the_first_screen_says_what_to_do_with_the_form_in_view_and_no_broken_image(server, tmp_path, size, mobile):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        context, page = open_page(p, tmp_path, url, "first", viewport=size, mobile=mobile)
+        page.wait_for_function("document.querySelector('#sessions').textContent === 'none yet'")
+        intro = page.locator("#intro")
+        assert intro.is_visible() and in_view(page, "#intro", size)
+        text = intro.text_content().lower()
+        assert all(word in text for word in ("start", "name", "prompt", "seed")), text
+        for field in ("#session", "#model", "#prompt", "#seed", "#start"):  # the form on the first screen, no scrolling
+            assert in_view(page, field, size), field
+        assert page.evaluate(BROKEN_IMAGES) == []  # no broken-image icon, no alt text in its place
+        assert page.locator("#stage").is_hidden() and page.locator("#train").is_hidden()  # nothing to paint on yet
+        assert page.evaluate("document.documentElement.scrollWidth") <= size[0]
+        if size == (800, 600):
+            screenshot(page, "app_start", tmp_path)  # docs/images/app_start.png
+        else:
+            page.screenshot(path=str(tmp_path / "first.png"))
+        context.close()
+
+
+def test_errors_appear_next_to_their_cause_and_clear_when_it_goes(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    size = (800, 600)
+    with sync_playwright() as p:
+        context, page = open_page(p, tmp_path, url, "errors", viewport=size)
+        page.fill("#session", "errors")
+        page.fill("#seed", "-1")
+        page.click("#start")  # refused: the seed
+        page.wait_for_function("document.querySelector('#session-status').textContent.includes('seed -1')", timeout=30_000)
+        assert page.locator("#session-status").is_visible() and gap(page, "#session-status", "#start") < 60
+        assert "seed" not in (page.locator("#status").text_content() or "")
+        page.fill("#seed", "4")  # editing the form clears its error
+        assert page.locator("#session-status").text_content() == ""
+
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        page.wait_for_function("document.querySelector('#image').complete && document.querySelector('#image').naturalWidth > 0")
+        assert page.evaluate(BROKEN_IMAGES) == [] and page.locator("#before-after").is_hidden()  # no step yet: no before/after
+        page.click("#train")  # nothing painted
+        page.wait_for_function("document.querySelector('#status').textContent.includes('paint something first')", timeout=30_000)
+        assert page.locator("#status").is_visible() and gap(page, "#status", "#train") < 60 and in_view(page, "#status", size)
+        stroke(page, page.locator("#paint").bounding_box(), 0.2, 0.5, 0.8, 0.5)  # painting clears the empty-map error
+        assert "paint something first" not in page.locator("#status").text_content()
+        context.close()
+
+
+def test_the_form_shows_the_apps_model_and_reopening_a_session_says_so(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        context, page = open_page(p, tmp_path, url, "model")
+        page.wait_for_function("document.querySelector('#model').value !== ''")
+        assert page.locator("#model").input_value() == "tiny-random"  # the app's default model (GET /api/config)
+        context.close()
+        context, page = start_session(p, tmp_path, url, "land")
+        page.goto(url)  # a new page: the same name, prompt and seed reopen the session, and the page says so
+        page.wait_for_function("document.querySelector('button.session-link') !== null")
+        assert "tiny-random" in page.locator("button.session-link").text_content()  # the list names each session's model
+        page.fill("#session", "land")
+        assert "exists" in page.locator("#name-hint").text_content()
+        page.fill("#prompt", "nature landscape")
+        page.fill("#seed", "4")
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#step').textContent === '0'", timeout=60_000)
+        page.wait_for_function("/reopened session land: model tiny-random, step 0/i.test(document.querySelector('#status').textContent)")
+        page.fill("#model", "pxpo-tiny")  # another model under the same name: refused next to the form, nothing switched
+        page.click("#start")
+        page.wait_for_function("document.querySelector('#session-status').textContent.includes('already exists with model')", timeout=30_000)
+        assert gap(page, "#session-status", "#start") < 60
+        context.close()
+
+
+def test_a_fast_drag_leaves_a_continuous_stroke_and_the_plot_labels_its_axes(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, sessions = server
+    with sync_playwright() as p:
+        context, page = start_session(p, tmp_path, url, "fast", viewport=(1280, 800))
+        box = page.locator("#paint").bounding_box()
+        page.fill("#size", "4")
+        page.mouse.move(box["x"] + 0.1 * box["width"], box["y"] + 0.5 * box["height"])
+        page.mouse.down()
+        page.mouse.move(box["x"] + 0.9 * box["width"], box["y"] + 0.5 * box["height"], steps=1)  # one event across the image
+        page.mouse.move(box["x"] + 0.9 * box["width"], box["y"] + 0.1 * box["height"], steps=1)  # and one up
+        page.mouse.up()
+        on_screen = page.evaluate("""() => { const c = document.querySelector('#paint'), y = Math.floor(c.height / 2);
+            return Array.from(c.getContext('2d').getImageData(0, y, c.width, 1).data).filter((v, i) => i % 4 === 3 && v > 0).length; }""")
+        assert on_screen >= 48
+        page.click("#train")
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        plot = page.locator("#reward-plot")
+        assert plot.get_attribute("data-x-label") == "step" and plot.get_attribute("data-y-label") == "mean painted feedback"
+        assert plot.get_attribute("data-x-ticks") == "1"
+        context.close()
+    values = decode_feedback(Image.open(sessions / "fast" / "feedback" / "step_0000.feedback.png"))
+    band = (values[30:34] > 0).any(axis=0)  # the horizontal segment, rows ~32
+    assert band[8:57].all(), np.flatnonzero(~band[8:57]) + 8
+    column = (values[:, 55:60] > 0).any(axis=1)  # the vertical one, columns ~57
+    assert column[8:31].all(), np.flatnonzero(~column[8:31]) + 8
+    assert values[45:, :].sum() == 0 and values[:, :4].sum() == 0  # and nothing else
+
+
+def test_the_reward_plot_has_whole_number_step_ticks(server, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    url, _ = server
+    with sync_playwright() as p:
+        context, page = open_page(p, tmp_path, url, "plot")
+        for steps in (1, 2, 7, 37, 150):
+            ticks = page.evaluate("""(n) => {
+                drawPlot(Array.from({length: n}, (_, i) => ({step: i, feedback_mean: Math.sin(i) / 10})));
+                return document.querySelector('#reward-plot').dataset.xTicks; }""", steps)  # fmt: skip
+            values = [float(t) for t in (ticks or "").split(",") if t]
+            assert values and all(v == int(v) for v in values) and values == sorted(set(values)), (steps, ticks)
+            assert 1 <= values[0] and values[-1] <= steps and len(values) <= 10 and (len(values) >= 2 or steps == 1), (steps, ticks)
+        context.close()

@@ -6,12 +6,12 @@ so nothing queues up. The server binds 127.0.0.1 unless told otherwise.
 
 API (JSON unless said):
     GET  /api/config                            the default model and the upload limit
-    GET  /api/sessions                          names of the sessions on disk
-    POST /api/sessions  {name, model, prompt, seed}   open (continue) or create a session -> state
+    GET  /api/sessions                          the sessions on disk: name, model, prompt, step
+    POST /api/sessions  {name, model, prompt, seed}   open (continue) or create a session -> state, and whether it was created
     GET  /api/sessions/{name}                   state: step, size, history of feedback per step
-    GET  /api/sessions/{name}/image/{step}      the image after that step (PNG)
+    GET  /api/sessions/{name}/image/{step}      the image after that step (PNG; 404 naming the valid steps)
     POST /api/sessions/{name}/train?width=W&height=H   body: W*H int8 values in {-2, 0, 2} -> state
-    GET  /api/sessions/{name}/painted/{step}    the image of that step with the map painted on it (PNG)
+    GET  /api/sessions/{name}/painted/{step}    the image of that step with the map painted on it (PNG; 404 naming the painted steps)
     GET  /api/sessions/{name}/map/{step}        the map painted on that image, as a transparent PNG layer
     POST /api/sessions/{name}/export            draw the feedback-evolution figure -> paths
     GET  /api/sessions/{name}/export.png        that figure
@@ -121,13 +121,19 @@ def config(request: Request, manager: Manager) -> dict:
 
 @router.get("/api/sessions")
 def sessions(manager: Manager) -> list[dict]:
-    """Every session: [{"name", "prompt", "step"}], by name."""
+    """Every session: [{"name", "model", "prompt", "step"}], by name."""
     return manager.summaries()
 
 
 @router.post("/api/sessions")
 def open_session(body: OpenSession, manager: Manager) -> dict:
-    return locked(manager, lambda: manager.open(body.name, body.model, body.prompt, body.seed).state())
+    """The session's state, with "created": false when it existed (the page says it reopened it)."""
+
+    def work() -> dict:
+        existed = manager.exists(body.name)
+        return {**manager.open(body.name, body.model, body.prompt, body.seed).state(), "created": not existed}
+
+    return locked(manager, work)
 
 
 @router.get("/api/sessions/{name}")
@@ -138,9 +144,7 @@ def state(name: str, manager: Manager) -> dict:
 @router.get("/api/sessions/{name}/image/{step}")
 def image(name: str, step: int, manager: Manager) -> FileResponse:
     session = manager.get(name)
-    if not 0 <= step <= session.step:
-        raise SessionError(f"step {step}: session {name!r} has steps 0 to {session.step}", status=404)
-    return png(session.image_path(step))
+    return png(session.image_path(session.checked_image_step(step)))
 
 
 @router.post("/api/sessions/{name}/train")

@@ -88,6 +88,26 @@ class Session:
     def image_path(self, step: int) -> Path:
         return self.run.eval_image_path(step, self.config.sample.single_image_seed)
 
+    def checked_image_step(self, step: int) -> int:
+        """``step`` if the session has its image; 404 naming the steps it has otherwise."""
+        if not 0 <= step <= self.step:
+            raise SessionError(f"step {step}: session {self.folder.name!r} has images of steps {describe_steps(range(self.step + 1))}",
+                               status=404)  # fmt: skip
+        return step
+
+    def painted_steps(self) -> list[int]:
+        """The steps whose image has a painted map (the map of step k is saved when step k + 1 trains)."""
+        return [k for k in range(self.step + 1) if self.feedback_path(k).is_file()]
+
+    def checked_painted_step(self, step: int) -> int:
+        """``step`` if a map was painted on its image; 404 naming the steps that have one otherwise."""
+        steps = self.painted_steps()
+        if step not in steps:
+            where = f"painted maps of step{'s' if len(steps) > 1 else ''} {describe_steps(steps)}" if steps else \
+                "no painted map yet (a map is kept when a step trains on it)"  # fmt: skip
+            raise SessionError(f"step {step}: session {self.folder.name!r} has {where}", status=404)
+        return step
+
     def feedback_path(self, step: int) -> Path:
         return self._feedback_file(step, "feedback")
 
@@ -136,19 +156,18 @@ class Session:
 
     def map_layer(self, step: int) -> Path:
         """The map painted on image ``step`` as a transparent layer (the page's "previous map" overlay)."""
+        self.checked_painted_step(step)
         target = self._feedback_file(step, "layer")
         if not target.exists():
             save_image(feedback_layer(self._painted_map(step)), target)
         return target
 
     def _painted_map(self, step: int) -> np.ndarray:
-        path = self.feedback_path(step)
-        if not path.exists():
-            raise SessionError(f"step {step} of session {self.folder.name!r} has no painted map", status=404)
-        return decode_feedback(Image.open(path))
+        return decode_feedback(Image.open(self.feedback_path(self.checked_painted_step(step))))
 
     def painted_overlay(self, step: int) -> Path:
         """The image of ``step`` with the map painted on it blended in (the "before" of the next step)."""
+        self.checked_painted_step(step)
         target = self._feedback_file(step, "overlay")
         if not target.exists():
             save_image(overlay_feedback(Image.open(self.image_path(step)), self._painted_map(step)), target)
@@ -200,18 +219,23 @@ class SessionManager:
     def names(self) -> list[str]:
         return sorted(p.name for p in self.root.iterdir() if (p / "config.toml").is_file())
 
+    def exists(self, name: str) -> bool:
+        """Whether session ``name`` exists (open, or on disk)."""
+        return name in self.sessions or (self.folder(name) / "config.toml").is_file()
+
     def summaries(self) -> list[dict]:
-        """Each session's name, prompt and step count, read from its folder (no model is loaded)."""
+        """Each session's name, model, prompt and step count, read from its folder (no model is loaded)."""
         from pxpo.config import load_config
 
         out = []
         for name in self.names():
             folder = self.root / name
             try:
-                prompt = load_config(folder / "config.toml").sample.prompts[0]
+                config = load_config(folder / "config.toml")
+                model, prompt = config.model.pretrained, config.sample.prompts[0]
             except ValueError:  # a damaged config.toml: still listed, so that it can be looked at
-                prompt = "?"
-            out.append({"name": name, "prompt": prompt, "step": max(len(RunFolder(folder).read_metrics()) - 1, 0)})
+                model, prompt = "?", "?"
+            out.append({"name": name, "model": model, "prompt": prompt, "step": max(len(RunFolder(folder).read_metrics()) - 1, 0)})
         return out
 
     def open(self, name: str, model: str | None = None, prompt: str | None = None, seed: int | None = None) -> Session:
@@ -219,6 +243,8 @@ class SessionManager:
         from pxpo.trainer import Trainer
 
         folder = self.folder(name)
+        for field, text in (("model", model), ("prompt", prompt)):
+            check_text(field, text)
         if name in self.sessions:
             session = self.sessions[name]
             _check_same(name, session.config, model, prompt, seed)
@@ -233,6 +259,8 @@ class SessionManager:
                 atomic_write_text(folder / "config.toml", config.to_toml())
             trainer = Trainer(config, run_dir=folder, resume=True, progress=False)
         else:
+            if prompt is None and seed is None:  # opened by name (a link, a reload) after it was deleted, or a typo
+                raise SessionError(f"no session named {name!r} (a new session needs a prompt and a seed)", status=404)
             if not prompt or not prompt.strip():
                 raise SessionError("a new session needs a prompt")
             if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED:
@@ -253,6 +281,28 @@ class SessionManager:
         if name not in self.sessions and not (folder / "config.toml").is_file():
             raise SessionError(f"no session named {name!r}", status=404)
         return self.open(name)
+
+
+def check_text(field: str, text: str | None) -> None:
+    """Refuse a string that is not text (JSON can carry lone surrogates, which no file or tokenizer can hold)."""
+    if not isinstance(text, str):
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as error:
+        raise SessionError(f"{field}: not encodable text: character {error.start + 1} is a lone surrogate ({text[error.start]!r}), "
+                           "half of a character that UTF-8 cannot write; retype it") from None  # fmt: skip
+
+
+def describe_steps(steps) -> str:
+    """[0, 1, 2, 5] -> "0 to 2, 5": whole runs of consecutive steps as ranges."""
+    runs: list[list[int]] = []
+    for step in steps:
+        if runs and step == runs[-1][1] + 1:
+            runs[-1][1] = step
+        else:
+            runs.append([step, step])
+    return ", ".join(str(a) if a == b else f"{a} to {b}" for a, b in runs)
 
 
 def _check_same(name: str, config: Config, model: str | None, prompt: str | None, seed: int | None) -> None:
