@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from measures import context_change, read_image, segment
-from pxpo.app.sessions import session_config
+from pxpo.app.sessions import SESSION_STEPS, session_config
 from pxpo.hooks import Callback
 
 CONFIGS = {"pxpo-tiny": {"hair": "configs/hair_removal.toml", "class": "configs/blue_penalty.toml"},
@@ -40,12 +40,19 @@ CLASS_TASK = ["sample.prompts=['nature landscape']", "reward.name='colour_channe
               "reward.kwargs={channel = 'blue', sign = -1.0, classes = ['water']}"]  # fmt: skip
 
 
-def methods(base_coefs: list[float], sampling_coefs: list[float], inner_epochs: list[int]) -> dict[str, list[str]]:
-    """Method label -> config overrides."""
+def methods(base_coefs: list[float], sampling_coefs: list[float], inner_epochs: list[int], late: list[float], steps: int,
+            late_preserve: float | None = None) -> dict[str, list[str]]:  # fmt: skip
+    """Method label -> config overrides (``steps``: the task's denoising steps, for the late windows)."""
     out = {"scalar": ["train.algorithm='ddpo'"], "pxpo": []}
     out |= {f"base {c:g}": [f"train.preserve_coef={c}", "train.preserve_reference='base'"] for c in base_coefs}
     out |= {f"sampling {c:g}": [f"train.preserve_coef={c}", "train.preserve_reference='sampling'"] for c in sampling_coefs}
-    out |= {f"pxpo, {n} inner epochs": [f"train.num_inner_epochs={n}"] for n in inner_epochs}  # the other lever tried
+    out |= {f"pxpo, {n} inner epochs": [f"train.num_inner_epochs={n}"] for n in inner_epochs}  # the other levers tried
+    for fraction in late:  # the LoRA acts on, and is trained on, the last steps only
+        length = max(1, round(steps * fraction))  # the window's steps, all in one denoiser call (the same gradient)
+        window = [f"train.step_window=[{steps - length}, {steps}]", f"train.timesteps_per_forward={length}"]
+        out[f"pxpo, last {fraction:.0%} of steps"] = window
+        if late_preserve:
+            out[f"pxpo, last {fraction:.0%}, base {late_preserve:g}"] = [*window, f"train.preserve_coef={late_preserve}", "train.preserve_reference='base'"]
     return out
 
 
@@ -180,17 +187,22 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=6, help="epochs of the hair and class tasks")
     parser.add_argument("--painted-steps", type=int, default=2, help="painted steps per session")
     parser.add_argument("--eval-seeds", type=int, default=8, help="evaluation images per run")
-    parser.add_argument("--base-coefs", type=float, nargs="+", default=[0.1, 1.0, 10.0])
-    parser.add_argument("--sampling-coefs", type=float, nargs="+", default=[1.0, 10.0, 100.0])
+    parser.add_argument("--base-coefs", type=float, nargs="*", default=[0.1, 1.0, 10.0])
+    parser.add_argument("--sampling-coefs", type=float, nargs="*", default=[1.0, 10.0, 100.0])
     parser.add_argument("--inner-epochs", type=int, nargs="*", default=[], help="also PXPO without preservation at these inner epochs")
+    parser.add_argument("--late", type=float, nargs="*", default=[], help="also PXPO with the LoRA on the last FRACTION of the steps only")
+    parser.add_argument("--late-preserve", type=float, help="also each late window with preserve_coef C to the base")
     parser.add_argument("--rows", nargs="+", metavar="JSON", help="report the rows of earlier runs' OUT.json / OUT.rows.json files instead of running")
     args = bench.parse(parser)
 
-    rows = [] if not args.rows else [row for path in args.rows for row in bench.read_json(path)["rows"]]
+    rows = [] if not args.rows else list({(r["model"], r["task"], r["method"], r["seed"]): r for path in args.rows  # once each
+                                          for r in bench.read_json(path)["rows"]}.values())  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models if not args.rows else ():
             for task in args.tasks:
-                for order, (method, overrides) in enumerate(methods(args.base_coefs, args.sampling_coefs, args.inner_epochs).items()):
+                steps = SESSION_STEPS if task == "painted" else bench.load_config(CONFIGS[model][task]).sample.num_steps
+                chosen = methods(args.base_coefs, args.sampling_coefs, args.inner_epochs, args.late, steps, args.late_preserve)
+                for order, (method, overrides) in enumerate(chosen.items()):
                     for seed in args.seeds:
                         start = bench.elapsed()
                         folder = Path(tmp) / f"{model}-{task}-{order}-{seed}"

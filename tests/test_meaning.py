@@ -99,3 +99,29 @@ def test_a_stopped_run_says_which_epoch_a_resume_starts_from(tmp_path):
         (run.checkpoint_path(epoch) / "state.json").write_text("{}")
     (run.checkpoint_path(12)).mkdir()  # half-written: no state.json, not a checkpoint
     assert _resume_point(run).startswith("the last checkpoint is epoch 8: a resume starts at epoch 9. ")
+
+
+@pytest.mark.slow
+def test_sampling_a_run_whose_lora_fits_another_model_is_refused(tmp_path, quick_toml, capsys):
+    """A LoRA that matches no layer of the base model loads nothing in diffusers (a notice only): refused, not the base
+    model's images under the run's name."""
+    from pxpo.cli import main
+
+    assert main(["train", quick_toml("sd", run={"num_epochs": 1}), "--no-progress"]) == 0
+    run = tmp_path / "runs" / "sd"
+    (run / "config.toml").write_text((run / "config.toml").read_text().replace('"tiny-random"', '"tiny-random-sd3"'))
+    capsys.readouterr()
+    assert main(["sample", str(run), "--prompt", "p", "--out", str(tmp_path / "x.png")]) == 2
+    assert "fits no layer of 'tiny-random-sd3' (StableDiffusion3Pipeline): it was trained on another model" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.slow
+def test_a_run_stopped_by_its_reward_names_the_run_folder_and_where_a_resume_starts(tmp_path, quick_toml, capsys):
+    from pxpo.cli import main
+
+    reward = {"name": "http", "kwargs": {"url": "http://127.0.0.1:9", "retries": 0, "timeout": 2.0}}  # nothing listens there
+    assert main(["train", quick_toml("lost", reward=reward), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "could not be reached" in err
+    assert f"no checkpoint yet: a resume starts at epoch 1. Continue with: pxpo train --resume {tmp_path / 'runs' / 'lost'}" in err

@@ -101,13 +101,19 @@ def test_a_weighted_reward_judges_the_union_of_its_terms_or_everything():
         (torch.ones(2, 8, 8), "judged map that is a torch.float32 tensor: expected a bool tensor"),
         (np.ones((2, 8, 8), bool), "judged map that is ndarray"),
         (torch.ones(2, 4, 4, dtype=torch.bool), r"judged map of shape \[2, 4, 4\]: expected \[2, 8, 8\]"),
-        (torch.zeros(2, 8, 8, dtype=torch.bool), r"judged no pixel of images \[0, 1\] but gave them non-zero rewards"),
     ],
 )
 def test_a_bad_judged_map_is_named_in_one_line(judged, match):
     images = torch.rand(2, 3, 8, 8)
     with pytest.raises(RewardError, match=match):
         check_reward_output(RewardOutput(torch.ones(2, 8, 8), judged=judged), images, "r")
+
+
+def test_an_image_judged_nowhere_is_kept_everywhere():
+    """A segmentation reward on an image without its classes judges nothing there (its small values are no opinion)."""
+    output = check_reward_output(RewardOutput(torch.full((1, 8, 8), -0.01), judged=torch.zeros(1, 8, 8, dtype=torch.bool)), torch.rand(1, 3, 8, 8), "r")
+    keep = algorithm_class("pxpo")(_config(), (4, 4, 4)).keep(output.judged)
+    assert torch.all(keep == 1)
 
 
 @pytest.mark.parametrize(

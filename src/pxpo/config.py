@@ -261,19 +261,8 @@ class Config(_Section):
             self.train.clip_range = algorithm_class(self.train.algorithm).default_clip_range
         if self.model.lora_alpha is None:
             self.model.lora_alpha = float(self.model.lora_rank)
-        single = self.sample.single_image_seed
-        if single is not None:
-            sizes = {"sample.batch_size": self.sample.batch_size, "sample.num_batches_per_epoch": self.sample.num_batches_per_epoch,
-                     "train.batch_size": self.train.batch_size}
-            for key, value in sizes.items():
-                if value != 1:
-                    raise ValueError(f"{key} = {value}: single-image mode (sample.single_image_seed = {single}) needs 1")
-            if len(self.sample.prompts) != 1:
-                raise ValueError(f"sample.prompts has {len(self.sample.prompts)} prompts: single-image mode needs exactly 1")
-            if self.eval.seeds is None:
-                self.eval.seeds = [single]  # the image shown is the next epoch's sample
-            elif self.eval.seeds != [single]:
-                raise ValueError(f"eval.seeds = {self.eval.seeds}: single-image mode evaluates its own seed; leave it unset or [{single}]")
+        if self.sample.single_image_seed is not None:
+            self._check_single_image()
         if self.eval.seeds is None:
             self.eval.seeds = [0, 1, 2, 3]
         if (self.sample.height is None) != (self.sample.width is None):
@@ -285,21 +274,7 @@ class Config(_Section):
             raise ValueError(
                 f"advantage.normalization = {self.advantage.normalization!r} needs sample.group_size >= 2 (got {group})"
             )
-        if self.train.preserve_coef > 0 and self.train.preserve_reference == "base" and not self.model.lora:
-            raise ValueError(
-                f"train.preserve_coef = {self.train.preserve_coef} with preserve_reference = 'base' needs model.lora = true: "
-                "the base policy is the model with its LoRA off (or use preserve_reference = 'sampling')"
-            )
-        window = self.train.step_window
-        if window is not None:
-            if len(window) != 2 or not 0 <= window[0] < window[1] <= self.sample.num_steps:
-                raise ValueError(f"train.step_window = {window}: expected [start, end] with 0 <= start < end <= sample.num_steps = {self.sample.num_steps}")
-            if not self.model.lora:
-                raise ValueError(f"train.step_window = {window} needs model.lora = true: outside the window the LoRA is switched off")
-        if self.train.kl_coef > 0 and not self.model.lora:
-            raise ValueError(
-                f"train.kl_coef = {self.train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off"
-            )
+        self._check_lora_needs()
         if self.eval.prompts is None:
             self.eval.prompts = list(self.sample.prompts)
         per_epoch = self.sample.batch_size * self.sample.num_batches_per_epoch
@@ -320,6 +295,38 @@ class Config(_Section):
                 "steps trained per sample (sample.num_steps * train.timestep_fraction)"
             )
         return self
+
+    def _check_single_image(self) -> None:
+        """Single-image mode: batch sizes of 1, one prompt, and its own seed as the evaluation seed."""
+        single = self.sample.single_image_seed
+        sizes = {"sample.batch_size": self.sample.batch_size, "sample.num_batches_per_epoch": self.sample.num_batches_per_epoch,
+                 "train.batch_size": self.train.batch_size}  # fmt: skip
+        for key, value in sizes.items():
+            if value != 1:
+                raise ValueError(f"{key} = {value}: single-image mode (sample.single_image_seed = {single}) needs 1")
+        if len(self.sample.prompts) != 1:
+            raise ValueError(f"sample.prompts has {len(self.sample.prompts)} prompts: single-image mode needs exactly 1")
+        if self.eval.seeds is None:
+            self.eval.seeds = [single]  # the image shown is the next epoch's sample
+        elif self.eval.seeds != [single]:
+            raise ValueError(f"eval.seeds = {self.eval.seeds}: single-image mode evaluates its own seed; leave it unset or [{single}]")
+
+    def _check_lora_needs(self) -> None:
+        """The settings that switch the LoRA off somewhere (a reference policy, a step window) need one; windows in range."""
+        train = self.train
+        if train.preserve_coef > 0 and train.preserve_reference == "base" and not self.model.lora:
+            raise ValueError(
+                f"train.preserve_coef = {train.preserve_coef} with preserve_reference = 'base' needs model.lora = true: "
+                "the base policy is the model with its LoRA off (or use preserve_reference = 'sampling')"
+            )
+        window = train.step_window
+        if window is not None:
+            if len(window) != 2 or not 0 <= window[0] < window[1] <= self.sample.num_steps:
+                raise ValueError(f"train.step_window = {window}: expected [start, end] with 0 <= start < end <= sample.num_steps = {self.sample.num_steps}")
+            if not self.model.lora:
+                raise ValueError(f"train.step_window = {window} needs model.lora = true: outside the window the LoRA is switched off")
+        if train.kl_coef > 0 and not self.model.lora:
+            raise ValueError(f"train.kl_coef = {train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off")
 
     @property
     def num_train_timesteps(self) -> int:

@@ -293,6 +293,11 @@ def load_run_pipeline(path: str | Path) -> tuple[DiffusionPipeline, Config]:
         raise ConfigError(f"run folder {str(run.path)!r} has no trained weights (no {weights.name}/): nothing to sample")
     if model.lora:
         pipe.load_lora_weights(str(weights))
+        if not getattr(family.denoiser, "peft_config", None):  # diffusers loads no key that fits, with a notice only
+            raise ConfigError(
+                f"the LoRA in {str(weights)!r} fits no layer of {model.pretrained!r} ({type(pipe).__name__}): it was trained on "
+                "another model; the run's config.toml must name the model it was trained on"
+            )
     else:
         family.denoiser = type(family.denoiser).from_pretrained(str(weights))
     return pipe, config

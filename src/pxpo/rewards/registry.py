@@ -138,7 +138,8 @@ def check_reward_output(output: Any, images: torch.Tensor, reward_name: str) -> 
 
 
 def check_judged(judged: Any, heatmaps: torch.Tensor, reward_name: str) -> torch.Tensor | None:
-    """A reward's judged map: None, or bool [B, H, W] like its heatmaps; an image judged nowhere must have an all-zero map."""
+    """A reward's judged map: None, or bool [B, H, W] like its heatmaps. An image may be judged nowhere (a segmentation
+    reward on an image without its classes): its values are then no opinion, and preservation keeps all of it."""
     if judged is None:
         return None
     if not isinstance(judged, torch.Tensor) or judged.dtype != torch.bool:
@@ -146,14 +147,7 @@ def check_judged(judged: Any, heatmaps: torch.Tensor, reward_name: str) -> torch
         raise RewardError(f"reward {reward_name!r} returned a judged map that is {kind}: expected a bool tensor of shape {list(heatmaps.shape)}")
     if judged.shape != heatmaps.shape:
         raise RewardError(f"reward {reward_name!r} returned a judged map of shape {list(judged.shape)}: expected {list(heatmaps.shape)}")
-    judged = judged.to(heatmaps.device)
-    nowhere = ~judged.flatten(1).any(1) & heatmaps.flatten(1).ne(0).any(1)
-    if bool(nowhere.any()):
-        raise RewardError(
-            f"reward {reward_name!r} judged no pixel of images {nowhere.nonzero().flatten().tolist()} but gave them non-zero rewards: "
-            "a judged map must cover the pixels the reward has an opinion on"
-        )
-    return judged
+    return judged.to(heatmaps.device)
 
 
 def check_heatmaps(heatmaps: Any, images: torch.Tensor, reward_name: str) -> torch.Tensor:
