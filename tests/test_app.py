@@ -365,3 +365,16 @@ def test_opening_a_session_by_name_that_does_not_exist_says_so(client, tmp_path)
     response = client.post("/api/sessions", json={"name": "gone"})  # a reload or link after the folder was removed
     assert response.status_code == 404 and response.json()["detail"].startswith("no session named 'gone'")
     assert not (tmp_path / "sessions" / "gone").exists()
+
+
+def test_every_state_changing_request_declaring_a_body_over_the_limit_is_refused_before_it_is_read(tmp_path):
+    """Not only the map upload: opening a session (JSON) and exporting too; the body is never read (TestClient sends the
+    header as declared, with a short body: the app answers from the header alone)."""
+    with TestClient(create_app(tmp_path / "sessions", default_model=MODEL, max_upload_bytes=1000), base_url=BASE) as client:
+        for path, kind in (("/api/sessions", "application/json"), ("/api/sessions/s1/export", "application/json"),
+                           ("/api/sessions/s1/train?width=64&height=64", "application/octet-stream")):  # fmt: skip
+            response = client.post(path, content=b"{}", headers={"Content-Type": kind, "Content-Length": str(3 * 2**30)})
+            assert response.status_code == 413 and "a body of 3221225472 bytes: the limit is 1000" in response.text, (path, response.text)
+        bad = client.post("/api/sessions", content=b"{}", headers={"Content-Type": "application/json", "Content-Length": "lots"})
+        assert bad.status_code == 400 and "Content-Length 'lots'" in bad.text
+    assert not (tmp_path / "sessions" / "s1").exists()

@@ -76,6 +76,17 @@ class SameOriginOnly(BaseHTTPMiddleware):
             if kind not in ("application/json", "application/octet-stream"):
                 return JSONResponse({"detail": f"content type {kind or 'none'!r}: expected application/json or application/octet-stream"},
                                     status_code=415)  # fmt: skip
+            return self.too_long(request)
+        return None
+
+    @staticmethod
+    def too_long(request: Request) -> JSONResponse | None:
+        """A state-changing request whose declared body is over the app's limit is refused before it is read (413)."""
+        declared, limit = request.headers.get("content-length"), request.app.state.max_upload_bytes
+        if declared is not None and not declared.strip().isdigit():
+            return JSONResponse({"detail": f"Content-Length {declared!r}: expected a whole number of bytes"}, status_code=400)
+        if declared is not None and int(declared) > limit:
+            return JSONResponse({"detail": f"a body of {int(declared)} bytes: the limit is {limit} (pxpo app's max_upload_bytes)"}, status_code=413)
         return None
 
 
@@ -149,13 +160,9 @@ def image(name: str, step: int, manager: Manager) -> FileResponse:
 
 @router.post("/api/sessions/{name}/train")
 async def train(name: str, request: Request, manager: Manager, width: int, height: int, step: int | None = None) -> dict:
-    max_upload_bytes = request.app.state.max_upload_bytes
-    declared = int(request.headers.get("content-length") or 0)
-    if declared > max_upload_bytes:
-        raise SessionError(f"feedback of {declared} bytes: the limit is {max_upload_bytes}", status=413)
-    body = await request.body()
+    body = await request.body()  # its declared length was checked before (SameOriginOnly)
     session = manager.get(name)
-    values = parse_painted_map(body, width, height, session.image_size(), max_upload_bytes)
+    values = parse_painted_map(body, width, height, session.image_size(), request.app.state.max_upload_bytes)
     return await run_in_threadpool(locked, manager, lambda: session.train_step(values, painted_on=step))
 
 
