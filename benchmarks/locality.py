@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from measures import context_change, read_image, segment
-from pxpo.app.sessions import SESSION_STEPS, session_config
+from pxpo.app.sessions import session_config
 from pxpo.hooks import Callback
 
 CONFIGS = {"pxpo-tiny": {"hair": "configs/hair_removal.toml", "class": "configs/blue_penalty.toml"},
@@ -111,9 +111,19 @@ def one_class(model: str, seed: int, overrides: list[str], folder: Path, epochs:
     }
 
 
+def method_rank(method: str) -> tuple:
+    """Reports list scalar, PXPO, base and sampling preservation by coefficient, then the other levers."""
+    kind, _, rest = method.partition(" ")
+    order = {"scalar": 0, "pxpo": 1, "base": 2, "sampling": 3}.get(kind, 4)
+    try:
+        return order, float(rest), method
+    except ValueError:
+        return order, 0.0, method
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     """Mean and std over seeds per (model, task, method)."""
-    keys = sorted({(r["model"], r["task"], r["method"]) for r in rows}, key=lambda k: [r for r in rows if (r["model"], r["task"], r["method"]) == k][0]["order"])
+    keys = sorted({(r["model"], r["task"], r["method"]) for r in rows}, key=lambda k: (k[0], k[1], method_rank(k[2])))
     out = []
     for model, task, method in keys:
         runs = [r for r in rows if (r["model"], r["task"], r["method"]) == (model, task, method)]
@@ -127,11 +137,12 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def report(summary: list[dict], args, seconds: float) -> list[str]:
+def report(summary: list[dict], args, sources: list[str]) -> list[str]:
     lines = ["# Locality: does feedback stay where it was given?", "",
-             f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std; {args.epochs} epochs for hair and class (2 inner "
-             f"epochs each), {args.painted_steps} painted steps; {args.eval_seeds} evaluation seeds. Methods: scalar (DDPO/GRPO), PXPO, "
-             "PXPO with `train.preserve_coef` c to the base policy ('base c') or to the sampling policy ('sampling c').", ""]  # fmt: skip
+             f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std. Methods: scalar (DDPO/GRPO), PXPO, PXPO with "
+             "`train.preserve_coef` c to the base policy ('base c') or to the sampling policy ('sampling c'), PXPO with the LoRA on the "
+             "last steps only (`train.step_window`). What each task measures: the docstring of benchmarks/locality.py. The runs "
+             "(settings in their command lines):", "", *(f"- `{command}`" for command in sources), ""]  # fmt: skip
     for model in args.models:
         for task in args.tasks:
             entries = [e for e in summary if e["model"] == model and e["task"] == task]
@@ -197,10 +208,12 @@ def main() -> None:
 
     rows = [] if not args.rows else list({(r["model"], r["task"], r["method"], r["seed"]): r for path in args.rows  # once each
                                           for r in bench.read_json(path)["rows"]}.values())  # fmt: skip
+    sources = [bench.read_json(path).get("command", str(path)) for path in args.rows] if args.rows else [bench.command()]
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models if not args.rows else ():
             for task in args.tasks:
-                steps = SESSION_STEPS if task == "painted" else bench.load_config(CONFIGS[model][task]).sample.num_steps
+                base = session_config(model, "nature landscape", 0, Path(tmp) / "probe") if task == "painted" else CONFIGS[model][task]
+                steps = bench.load_config(base, args.overrides).sample.num_steps  # the task's steps, for the late windows
                 chosen = methods(args.base_coefs, args.sampling_coefs, args.inner_epochs, args.late, steps, args.late_preserve)
                 for order, (method, overrides) in enumerate(chosen.items()):
                     for seed in args.seeds:
@@ -219,8 +232,8 @@ def main() -> None:
     args.seeds = sorted({r["seed"] for r in rows})
     summary = summarise(rows)
     seconds = sum(r.get("seconds", 0.0) for r in rows)
-    bench.write_markdown(Path(args.out).with_suffix(".md"), report(summary, args, seconds), seconds=seconds)
-    bench.write_json(Path(args.out).with_suffix(".json"), {"args": vars(args), "summary": summary, "rows": rows}, seconds=seconds)
+    bench.write_markdown(Path(args.out).with_suffix(".md"), report(summary, args, sources), seconds=seconds)
+    bench.write_json(Path(args.out).with_suffix(".json"), {"args": vars(args), "sources": sources, "summary": summary, "rows": rows}, seconds=seconds)
     plot(summary, args)
 
 

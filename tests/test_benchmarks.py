@@ -140,3 +140,20 @@ def test_world_quality_smoke(tmp_path):
     run("world_quality.py", "--samples", "2", "--steps", "2", "--renders", "4", "--models", "pxpo-tiny", "--out", str(tmp_path))
     report = (tmp_path / "world.md").read_text()
     assert "2 samples per prompt, 2 steps" in report and "**mean**" in report and (tmp_path / "images" / "world_samples.png").is_file()
+
+
+def test_locality_smoke_and_report_from_rows(tmp_path):
+    out = tmp_path / "loc"
+    run("locality.py", "--seeds", "0", "--models", "pxpo-tiny-flow", "--tasks", "painted", "hair", "--painted-steps", "1",
+        "--epochs", "1", "--eval-seeds", "1", "--base-coefs", "1", "--sampling-coefs", "--late", "0.5",
+        "--set", "sample.num_steps=4", "--set", "train.timesteps_per_forward=2", "--out", str(out))  # fmt: skip
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert_provenance(result, "locality.py")
+    assert {(e["task"], e["method"]) for e in result["summary"]} == {
+        (task, method) for task in ("painted", "hair") for method in ("scalar", "pxpo", "base 1", "pxpo, last 50% of steps")}
+    painted = next(e for e in result["summary"] if e["task"] == "painted" and e["method"] == "pxpo")
+    assert painted["inside"][0] > 0 and painted["outside"][0] > 0
+    again = tmp_path / "again"
+    run("locality.py", "--rows", str(out.with_suffix(".json")), "--out", str(again))  # a report from stored rows alone
+    assert json.loads(again.with_suffix(".json").read_text())["summary"] == result["summary"]
+    assert out.with_suffix(".png").stat().st_size > 0 and "## painted, pxpo-tiny-flow" in again.with_suffix(".md").read_text()
