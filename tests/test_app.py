@@ -1,6 +1,8 @@
 """The human-feedback app's API: sessions, painted maps, bad input, busy, restart, export, folder protocol."""
 
 import io
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -10,10 +12,11 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from pxpo.app.server import create_app
-from pxpo.app.sessions import SessionError, parse_painted_map
+from pxpo.app.sessions import Session, SessionError, parse_painted_map, session_config
 from pxpo.config import validate_config
 from pxpo.rewards.human import decode_feedback, encode_feedback, feedback_name
 from pxpo.images import to_pil
+from pxpo.io import save_image
 from pxpo.trainer import Trainer
 from pxpo.world.architecture import build_tiny_pipeline
 
@@ -327,18 +330,20 @@ def test_cross_site_requests_and_other_host_names_are_refused(client, tmp_path):
 def test_every_route_taking_a_step_answers_404_naming_the_valid_steps(client):
     start(client)
     assert client.get("/api/sessions/s1/painted/0").status_code == 404  # nothing painted yet
+    assert "no difference yet" in client.get("/api/sessions/s1/difference/1").json()["detail"]
     none_yet = client.get("/api/sessions/s1/map/0").json()["detail"]
     assert "no painted map yet" in none_yet, none_yet
     client.post("/api/sessions/s1/train?width=64&height=64&step=0", content=painted().tobytes(), headers=OCTET)
-    for route, bad_steps, valid in [("image", (-1, 2, 99999), "images of steps 0 to 1"),
-                                    ("painted", (-1, 1, 2, 99999), "painted maps of step 0"),
-                                    ("map", (-1, 1, 2, 99999), "painted maps of step 0")]:  # fmt: skip
+    for route, bad_steps, valid, good in [("image", (-1, 2, 99999), "images of steps 0 to 1", 0),
+                                          ("painted", (-1, 1, 2, 99999), "painted maps of step 0", 0),
+                                          ("map", (-1, 1, 2, 99999), "painted maps of step 0", 0),
+                                          ("difference", (-1, 0, 2, 99999), "differences of step 1", 1)]:  # fmt: skip
         for step in bad_steps:
             response = client.get(f"/api/sessions/s1/{route}/{step}")
             assert response.status_code == 404, (route, step, response.text)
             detail = response.json()["detail"]
             assert detail.startswith(f"step {step}:") and valid in detail, (route, step, detail)
-        assert client.get(f"/api/sessions/s1/{route}/0").status_code == 200
+        assert client.get(f"/api/sessions/s1/{route}/{good}").status_code == 200
 
 
 def test_a_prompt_or_model_that_is_not_encodable_text_is_refused_naming_the_field(client, tmp_path):
@@ -378,3 +383,128 @@ def test_every_state_changing_request_declaring_a_body_over_the_limit_is_refused
         bad = client.post("/api/sessions", content=b"{}", headers={"Content-Type": "application/json", "Content-Length": "lots"})
         assert bad.status_code == 400 and "Content-Length 'lots'" in bad.text
     assert not (tmp_path / "sessions" / "s1").exists()
+
+
+class _Config:
+    """What a Session reads of its trainer, for a session folder built by hand (no model, no Trainer: the fast tier)."""
+
+    def __init__(self, folder):
+        self.config = session_config(MODEL, "nature landscape", 3, folder)
+
+
+def hand_made_session(client, name, images, maps):
+    """A session folder on disk with ``images`` (uint8 [H, W, 3], one per step) and ``maps`` ({step: map painted on it}),
+    served by the app as if it had trained those steps."""
+    manager = client.app.state.manager
+    folder = manager.root / name
+    session = Session(folder, _Config(folder))
+    for step, image in enumerate(images):
+        save_image(Image.fromarray(image), session.image_path(step))
+    for step, values in maps.items():
+        save_image(encode_feedback(values), session.feedback_path(step))
+    session.run.write_metrics([{"epoch": 0}] + [{"epoch": e, "reward_mean": float(np.mean(maps.get(e - 1, 0))), "train_seconds": 1.0,
+                                                 "sample_seconds": 0.5} for e in range(1, len(images))])  # fmt: skip
+    manager.sessions[name] = session
+    return folder
+
+
+def test_the_difference_view_shows_where_a_step_changed_the_image_with_the_painted_outline(client):
+    rng = np.random.default_rng(0)
+    before = rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    after = before.copy()
+    after[10:30, 5:25, 0] = np.clip(before[10:30, 5:25, 0].astype(int) + 90, 0, 255)  # a change overlapping the + region
+    after[50, 2, 1] = before[50, 2, 1] + 1 if before[50, 2, 1] < 255 else 254  # the smallest change there is: one level, one channel
+    values = painted()
+    values[0:6, 30:40] = 2  # a region at the image's top edge
+    folder = hand_made_session(client, "hand", [before, after, after], {0: values})  # step 2 changed nothing, unpainted
+
+    response = client.get("/api/sessions/hand/difference/1")
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    assert response.headers["cache-control"] == "no-store"
+    assert (folder / "feedback" / "step_0001.difference.png").read_bytes() == response.content  # cached beside the maps
+    assert [p.name for p in (folder / "feedback").iterdir() if p.name.startswith(".")] == []  # written atomically
+    rgb = np.asarray(Image.open(io.BytesIO(response.content)))
+    assert rgb.shape == (64, 64, 3)
+
+    # the outline: each painted region's inner border, in the map's colours; not along the image's edge
+    def ring(top, bottom, left, right, edge_top=False):
+        mask = np.zeros((64, 64), bool)
+        mask[top:bottom, left:right] = True
+        mask[top + 1 : bottom - 1, left + 1 : right - 1] = False
+        if edge_top:
+            mask[top, left + 1 : right - 1] = False
+        return mask
+
+    green, red = (rgb == (0, 255, 0)).all(axis=2), (rgb == (255, 0, 0)).all(axis=2)
+    np.testing.assert_array_equal(green, ring(8, 24, 4, 20) | ring(0, 6, 30, 40, edge_top=True))
+    np.testing.assert_array_equal(red, ring(40, 56, 40, 60))
+
+    # elsewhere grey on the fixed scale: unchanged pixels black, changed ones not
+    change = np.abs(after.astype(np.float64) - before.astype(np.float64)).mean(axis=2) / 255
+    shown = ~(green | red)
+    assert (rgb[shown][:, 0] == rgb[shown][:, 1]).all() and (rgb[shown][:, 1] == rgb[shown][:, 2]).all()
+    grey = rgb[..., 0].astype(int)
+    assert (grey[shown & (change == 0)] == 0).all() and (grey[shown & (change > 0)] > 0).all()
+    assert grey[50, 2] > 0 and change[50, 2] == pytest.approx(1 / 765)
+    np.testing.assert_allclose(grey[shown], np.minimum(change[shown] / 0.25, 1) * 255, atol=0.51)
+
+    # the numbers under it: the mean change inside the painted pixels and outside them, for the last step ...
+    state = client.get("/api/sessions/hand").json()
+    assert state["step"] == 2 and state["change"] == {"step": 2, "painted": None, "elsewhere": 0.0, "painted_fraction": 0.0}
+    numbers = client.app.state.manager.get("hand").change(1)
+    inside = values != 0
+    assert numbers["painted"] == pytest.approx(change[inside].mean(), abs=1e-6)
+    assert numbers["elsewhere"] == pytest.approx(change[~inside].mean(), abs=1e-6)
+    assert numbers["painted_fraction"] == pytest.approx(inside.mean()) and numbers["painted"] > numbers["elsewhere"] > 0
+
+    # ... and a step with no painted map still gets its difference, without an outline: here, all black
+    unpainted = np.asarray(Image.open(io.BytesIO(client.get("/api/sessions/hand/difference/2").content)))
+    assert unpainted.shape == (64, 64, 3) and (unpainted == 0).all()
+
+    for step in (0, 3, -1):
+        response = client.get(f"/api/sessions/hand/difference/{step}")
+        detail = response.json()["detail"]
+        assert response.status_code == 404 and detail.startswith(f"step {step}:") and "differences of steps 1 to 2" in detail, detail
+    assert client.get("/api/sessions/nobody/difference/1").status_code == 404
+
+
+_FRESH_PROCESS_RACE = """
+import sys, threading
+from pathlib import Path
+from pxpo.app.sessions import SessionManager
+from pxpo.config import load_config
+
+root = Path(sys.argv[1])
+SessionManager(root)
+errors = []
+
+def run(work):
+    try:
+        work()
+    except Exception as error:
+        errors.append(repr(error))
+
+def import_trainer():  # what opening a session does first
+    from pxpo.trainer import Trainer
+
+threads = [threading.Thread(target=run, args=(lambda: load_config(root / "s1" / "config.toml"),)),  # what the session list does
+           threading.Thread(target=run, args=(import_trainer,))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(errors)
+"""
+
+
+@pytest.mark.slow  # a fresh interpreter
+def test_a_fresh_app_reopening_a_session_while_listing_them_imports_the_trainer_safely(tmp_path):
+    """A restarted app, a page reloaded on its session: the session list and the session's Trainer import at once, in two
+    threads. Before the manager imported the trainer's modules up front, diffusers' lazy imports raced (ImportError)."""
+    folder = tmp_path / "sessions" / "s1"
+    folder.mkdir(parents=True)
+    (folder / "config.toml").write_text(session_config(MODEL, "nature landscape", 3, folder).to_toml())
+    command = [sys.executable, "-c", _FRESH_PROCESS_RACE, str(tmp_path / "sessions")]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "[]"

@@ -109,7 +109,8 @@ def test_paint_train_step_and_see_the_new_image(server, tmp_path):
         assert page.locator("#reward-plot").get_attribute("data-points") == "1"
         assert "Step 1 done" in page.locator("#status").text_content()
         page.wait_for_function("document.querySelector('button.session-link').textContent.endsWith('step 1')")  # the list follows
-        page.wait_for_function("document.querySelector('#before').complete && document.querySelector('#after').complete")
+        page.wait_for_function("['before', 'after', 'difference'].every((id) => document.getElementById(id).complete)")
+        assert page.locator("#difference-panel").is_visible() and page.evaluate(BROKEN_IMAGES) == []
         screenshot(page, "app", tmp_path)  # docs/images/app.png
         context.close()
 
@@ -197,7 +198,7 @@ def test_image_and_train_button_fit_small_screens_and_touch_paints(server, tmp_p
             page.click("#brush-minus")
             stroke(page, box, 0.55, 0.3, 0.85, 0.3)
             screenshot(page, "app_800x600", tmp_path)  # painting, before the step
-        if mobile:  # a finger stroke paints, as the mouse does
+        else:  # a finger stroke paints, as the mouse does
             page.evaluate("""([x0, y, x1]) => {
                 const canvas = document.querySelector('#paint');
                 const fire = (type, x) => canvas.dispatchEvent(new PointerEvent(type, {clientX: x, clientY: y, pointerId: 1,
@@ -205,12 +206,31 @@ def test_image_and_train_button_fit_small_screens_and_touch_paints(server, tmp_p
                 fire('pointerdown', x0); for (let i = 1; i <= 10; i++) fire('pointermove', x0 + (x1 - x0) * i / 10); fire('pointerup', x1);
             }""", [box["x"] + 0.2 * box["width"], box["y"] + 0.5 * box["height"], box["x"] + 0.8 * box["width"]])  # fmt: skip
             screenshot(page, "app_phone", tmp_path)
-            page.click("#train")
-            page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        assert page.locator("#difference-panel").is_hidden() and page.evaluate(BROKEN_IMAGES) == []  # no step yet
+        page.click("#train")
+        page.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=120_000)
+        see_where_it_changed(page, size, "small")
         context.close()
     if mobile:
         values = decode_feedback(Image.open(sessions / "small" / "feedback" / "step_0000.feedback.png"))
         assert (values > 0).sum() > 20 and abs(np.argwhere(values > 0)[:, 0].mean() - 32) < 6  # the stroke, mid-height
+
+
+def see_where_it_changed(page, size, name):
+    """After a step: the "where it changed" panel beside before and after, its image loaded, the step's numbers under it
+    (the session's own), all within the screen's width (no sideways scrolling)."""
+    page.wait_for_function("document.querySelector('#difference').complete && document.querySelector('#difference').naturalWidth === 64")
+    assert page.locator("#difference-panel").is_visible() and page.locator("#difference").get_attribute("data-step") == "1"
+    change = page.evaluate(f"fetch('/api/sessions/{name}').then((r) => r.json()).then((s) => s.change)")
+    assert change["step"] == 1 and change["painted"] is not None and change["elsewhere"] is not None
+    numbers = page.locator("#difference-numbers").text_content()
+    assert numbers == f"changed {change['painted']:.3f} where painted, {change['elsewhere']:.3f} elsewhere", numbers
+    assert page.evaluate("document.documentElement.scrollWidth") <= size[0]
+    for selector in ("#before", "#after", "#difference", "#difference-numbers"):
+        page.locator(selector).scroll_into_view_if_needed()
+        box = page.locator(selector).bounding_box()
+        assert box["width"] > 50 and box["x"] >= 0 and box["x"] + box["width"] <= size[0], (selector, box)
+    assert page.evaluate(BROKEN_IMAGES) == []
 
 
 def test_before_after_export_stale_tab_and_empty_map(server, tmp_path):
@@ -243,6 +263,8 @@ def test_before_after_export_stale_tab_and_empty_map(server, tmp_path):
         other.click("#train")  # painted on step 0, which is no longer current
         other.wait_for_function("document.querySelector('#status').textContent.includes('painted on step 0')", timeout=60_000)
         other.wait_for_function("document.querySelector('#step').textContent === '1'", timeout=30_000)  # it now shows step 1
+        other.wait_for_function("document.querySelector('#difference').dataset.step === '1'")  # and where step 1 changed it
+        assert other.locator("#difference-panel").is_visible() and "step 0, as painted" in other.locator("#before-caption").text_content()
 
         page.click("#export")
         page.wait_for_function("document.querySelector('#export-figure').complete && document.querySelector('#export-figure').naturalWidth > 0",

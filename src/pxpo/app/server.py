@@ -8,11 +8,12 @@ API (JSON unless said):
     GET  /api/config                            the default model and the upload limit
     GET  /api/sessions                          the sessions on disk: name, model, prompt, step
     POST /api/sessions  {name, model, prompt, seed}   open (continue) or create a session -> state, and whether it was created
-    GET  /api/sessions/{name}                   state: step, size, history of feedback per step
+    GET  /api/sessions/{name}                   state: step, size, history of feedback per step, the last step's change
     GET  /api/sessions/{name}/image/{step}      the image after that step (PNG; 404 naming the valid steps)
     POST /api/sessions/{name}/train?width=W&height=H   body: W*H int8 values in {-2, 0, 2} -> state
     GET  /api/sessions/{name}/painted/{step}    the image of that step with the map painted on it (PNG; 404 naming the painted steps)
     GET  /api/sessions/{name}/map/{step}        the map painted on that image, as a transparent PNG layer
+    GET  /api/sessions/{name}/difference/{step} where image step differs from image step - 1, its map outlined (PNG)
     POST /api/sessions/{name}/export            draw the feedback-evolution figure -> paths
     GET  /api/sessions/{name}/export.png        that figure
 """
@@ -176,6 +177,12 @@ def painted(name: str, step: int, manager: Manager) -> FileResponse:
 def map_layer(name: str, step: int, manager: Manager) -> FileResponse:
     """The map painted on image ``step`` as a transparent PNG layer (the page's "previous map" overlay)."""
     return png(manager.get(name).map_layer(step))
+
+
+@router.get("/api/sessions/{name}/difference/{step}")
+def difference(name: str, step: int, manager: Manager) -> FileResponse:
+    """Where image ``step`` differs from image ``step - 1`` (black: unchanged), the map painted on ``step - 1`` outlined."""
+    return png(manager.get(name).difference(step))
 
 
 @router.post("/api/sessions/{name}/export")

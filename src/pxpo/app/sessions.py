@@ -4,6 +4,7 @@
       config.toml  metrics.jsonl  lora/  checkpoints/epoch_0001 ...   (a normal run folder)
       eval/epoch_0003/seed_0042.png     the image after 3 steps (what the person paints on next)
       feedback/step_0003.feedback.png   the map painted on that image (green +2, red -2)
+      feedback/step_0003.difference.png where image 3 differs from image 2, with the outline of the map painted on image 2
       feedback_evolution.png            images and painted feedback per step (the paper's Fig. 1 and 7)
 
 Step k trains epoch k + 1 on the map painted on image k. Every step writes a checkpoint, so a
@@ -45,6 +46,56 @@ class SessionError(ValueError):
 SESSION_ETA = 0.3
 SESSION_NOISE_LEVEL = 0.3
 SESSION_STEPS = 20  # denoising steps per image
+
+# The difference view: per pixel the mean absolute RGB change (RGB in [0, 1]) on a fixed scale, black (unchanged) to
+# white (a change of DIFFERENCE_FULL_SCALE or more), so that two steps' pictures compare. Greyscale, not a colour map:
+# the outline of the painted map is drawn over it in the map's own green and red, which no grey can be taken for.
+DIFFERENCE_FULL_SCALE = 0.25
+OUTLINE_COLOURS = {1: (0, 255, 0), -1: (255, 0, 0)}  # + and - regions, as the page paints them
+
+
+def pixel_change(before: Image.Image, after: Image.Image) -> np.ndarray:
+    """Per pixel the mean absolute RGB change between two images of one size, RGB in [0, 1]: float32 [H, W]."""
+    a, b = (np.asarray(image.convert("RGB"), dtype=np.float32) / 255 for image in (before, after))
+    return np.abs(b - a).mean(axis=2)
+
+
+def outline(mask: np.ndarray, width: int = 1) -> np.ndarray:
+    """The pixels of ``mask`` within ``width`` pixels (4-neighbour steps) of a pixel outside it: its inner border.
+
+    A region reaching the image's edge is not outlined along the edge (it goes on, as far as the picture shows).
+    """
+    inner = mask.copy()
+    for _ in range(width):
+        padded = np.pad(inner, 1, mode="edge")
+        inner = inner & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
+
+
+def difference_picture(change: np.ndarray, painted: np.ndarray | None = None) -> Image.Image:
+    """``change`` [H, W] as a greyscale picture on the fixed scale, with the outline of the ``painted`` map drawn over it.
+
+    An exactly unchanged pixel is black, and any change of an 8-bit image (at least 1/765) is not. The outline is
+    1 pixel wide per 128 pixels of the image's shorter side (at least 1), so it stays visible when a large image is shown small.
+    """
+    grey = np.round(np.clip(change / DIFFERENCE_FULL_SCALE, 0, 1) * 255).astype(np.uint8)
+    grey[(change > 0) & (grey == 0)] = 1
+    rgb = np.repeat(grey[..., None], 3, axis=2)
+    if painted is not None:
+        width = max(1, min(change.shape) // 128)
+        for sign, colour in OUTLINE_COLOURS.items():
+            rgb[outline(np.sign(painted) == sign, width)] = colour
+    return Image.fromarray(rgb)
+
+
+def change_numbers(change: np.ndarray, painted: np.ndarray | None) -> dict:
+    """The mean change where the map was painted and elsewhere (None where there is no such pixel), and the painted fraction."""
+    where = painted != 0 if painted is not None else np.zeros(change.shape, dtype=bool)
+
+    def mean(pixels: np.ndarray) -> float | None:
+        return float(change[pixels].mean()) if pixels.any() else None
+
+    return {"painted": mean(where), "elsewhere": mean(~where), "painted_fraction": float(where.mean())}
 
 
 def session_config(
@@ -115,6 +166,33 @@ class Session:
         """feedback/step_0003.{kind}.png: the painted map ("feedback"), its layer or its overlay on the image."""
         return self.folder / "feedback" / f"{feedback_name(step)}.{kind}.png"
 
+    def checked_difference_step(self, step: int) -> int:
+        """``step`` if image ``step`` has one before it (1 to the current step); 404 naming those steps otherwise."""
+        if not 1 <= step <= self.step:
+            where = f"differences of step{'s' if self.step > 1 else ''} {describe_steps(range(1, self.step + 1))}" if self.step else \
+                "no difference yet (the first is step 1's, after a step has trained)"  # fmt: skip
+            raise SessionError(f"step {step}: session {self.folder.name!r} has {where}", status=404)
+        return step
+
+    def _change(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """The per-pixel change from image ``step - 1`` to image ``step``, and the map painted on image ``step - 1`` (or None)."""
+        self.checked_difference_step(step)
+        with Image.open(self.image_path(step - 1)) as before, Image.open(self.image_path(step)) as after:
+            change = pixel_change(before, after)
+        return change, self._painted_map(step - 1) if self.feedback_path(step - 1).is_file() else None
+
+    def difference(self, step: int) -> Path:
+        """Where image ``step`` differs from image ``step - 1``, with the outline of the map painted on image ``step - 1``."""
+        self.checked_difference_step(step)
+        target = self._feedback_file(step, "difference")
+        if not target.exists():
+            save_image(difference_picture(*self._change(step)), target)
+        return target
+
+    def change(self, step: int) -> dict:
+        """The mean change from image ``step - 1`` to image ``step`` inside the map painted on ``step - 1`` and outside it."""
+        return {"step": step, **change_numbers(*self._change(step))}
+
     def image_size(self) -> tuple[int, int]:
         """(width, height) of the session's images."""
         with Image.open(self.image_path(0)) as image:
@@ -143,16 +221,25 @@ class Session:
             if "reward_mean" in m
         ]
         width, height = self.image_size()
+        step = len(metrics) - 1
         return {
             "name": self.folder.name,
             "model": self.config.model.pretrained,
             "prompt": self.config.sample.prompts[0],
             "seed": self.config.sample.single_image_seed,
-            "step": len(metrics) - 1,
+            "step": step,
             "width": width,
             "height": height,
             "history": history,
+            "change": self._last_change(step),
         }
+
+    def _last_change(self, step: int) -> dict | None:
+        """What the last step changed, where painted and elsewhere; None before a step (or if an image is missing)."""
+        try:
+            return self.change(step) if step >= 1 else None
+        except OSError:  # a damaged folder: the session still opens, without the numbers
+            return None
 
     def map_layer(self, step: int) -> Path:
         """The map painted on image ``step`` as a transparent layer (the page's "previous map" overlay)."""
@@ -199,6 +286,11 @@ class SessionManager:
     """Sessions under one folder; one training step at a time across all of them."""
 
     def __init__(self, root: str | Path, default_model: str = "pxpo-tiny", timesteps_per_forward: int = 1) -> None:
+        # The trainer's modules are imported here, once, in one thread. Imported by two request threads at once (a page
+        # reopening its session builds a Trainer while the session list validates a config, which looks up the algorithm),
+        # diffusers' lazy modules race: "cannot import name 'DiffusionPipeline'", and the session did not open.
+        import pxpo.trainer  # noqa: F401
+
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self.default_model = default_model
