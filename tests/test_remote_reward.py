@@ -27,9 +27,21 @@ def test_round_trip_equals_the_local_reward():
     local = load_reward("blue_penalty")
     with serving(create_reward_app("blue_penalty")) as url:
         remote = load_reward("http", url=url)
-        torch.testing.assert_close(remote(images, prompts, metadata), local(images, prompts, metadata), rtol=0, atol=0)
+        answer = remote(images, prompts, metadata)
+        torch.testing.assert_close(answer.heatmaps, local(images, prompts, metadata), rtol=0, atol=0)
+        assert answer.judged is None  # the blue penalty judges every pixel: no judged map travels
         compact = load_reward("http", url=url, image_dtype="uint8")
-        torch.testing.assert_close(compact(images, prompts, metadata), local(images, prompts, metadata), rtol=0, atol=0.5 / 255)
+        torch.testing.assert_close(compact(images, prompts, metadata).heatmaps, local(images, prompts, metadata), rtol=0, atol=0.5 / 255)
+
+
+@pytest.mark.slow  # serves
+def test_a_judged_map_travels_with_the_heatmaps():
+    images = torch.rand(2, 3, 64, 64)
+    local = load_reward("segmentation", classes={"hair": -1.0})(images, ["a", "b"], [{}, {}])
+    with serving(create_reward_app("segmentation", {"classes": {"hair": -1.0}})) as url:
+        answer = load_reward("http", url=url)(images, ["a", "b"], [{}, {}])
+    torch.testing.assert_close(answer.heatmaps, local.heatmaps, rtol=0, atol=0)
+    assert answer.judged is not None and torch.equal(answer.judged, local.judged)
 
 
 @pytest.mark.slow  # serves
