@@ -51,6 +51,7 @@ def single_image_draws(trainer: Trainer, num_draws: int, seed: int = 10_000) -> 
             initial_noise=x_T.expand(num_draws, -1, -1, -1),
             height=cfg.height,
             width=cfg.width,
+            adapter_steps=trainer.config.adapter_steps,  # the LoRA on the trained window's steps only, as the trainer samples
         ).images
 
 

@@ -165,3 +165,10 @@ def test_a_run_logs_the_term_and_trains_only_against_unjudged_cells(make_config,
     keep = trainer.algorithm.keep(seen["reward"].judged)
     assert torch.all(keep[..., :8, :8] == 0) and torch.all(keep[..., 8:, :] == 1)
     assert record["preserve"] > 0  # the second inner epoch is off the sampling policy and off the base
+
+
+def test_a_reward_output_moves_whole_to_the_training_device():
+    """A reward may answer on another device (an HTTP reward answers on the CPU): heatmaps, terms and judged map all move
+    together, so the judged map meets the latents where they are (no device here but the CPU: the meta device stands in)."""
+    output = RewardOutput(torch.zeros(1, 8, 8), {"a": torch.zeros(1)}, torch.zeros(1, 8, 8, dtype=torch.bool)).to("meta")
+    assert {output.heatmaps.device.type, output.terms["a"].device.type, output.judged.device.type} == {"meta"}

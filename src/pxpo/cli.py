@@ -256,7 +256,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     images = sample_trajectories(
         family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,
         noise_level=noise_level, generator=[torch.Generator().manual_seed(seed) for seed in args.seed],
-        height=args.height, width=args.width, adapter_steps=config.step_range if config and config.train.step_window else None,
+        height=args.height, width=args.width, adapter_steps=config.adapter_steps if config else None,
     ).images  # fmt: skip
     strip = Image.new("RGB", (images.shape[-1] * len(images), images.shape[-2]))
     for i, image in enumerate(images):

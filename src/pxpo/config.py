@@ -334,6 +334,11 @@ class Config(_Section):
         return max(1, math.floor(len(range(*self.step_range)) * self.train.timestep_fraction))
 
     @property
+    def adapter_steps(self) -> tuple[int, int] | None:
+        """The steps the LoRA acts on while sampling (``rollout.sample_trajectories``): the step window, or None (every step)."""
+        return self.step_range if self.train.step_window is not None else None
+
+    @property
     def step_range(self) -> tuple[int, int]:
         """(start, end) of the trained steps: train.step_window, or every step."""
         return tuple(self.train.step_window) if self.train.step_window is not None else (0, self.sample.num_steps)

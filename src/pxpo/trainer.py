@@ -194,16 +194,14 @@ class Trainer:
             return sample_trajectories(
                 self.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, noise_level=self.policy.noise_level,
                 generator=generator, height=cfg.height, width=cfg.width, initial_noise=initial_noise, metadata=metadata,
-                adapter_steps=self.config.step_range if self.config.train.step_window else None,
+                adapter_steps=self.config.adapter_steps,
                 progress=desc is not None and self._show_progress, desc=desc or "sampling",
             )  # fmt: skip
 
     # reward and advantage -------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
         """The reward of images [B, 3, H, W]: heatmaps [B, H, W] checked for shape and finiteness, and its terms."""
-        output = check_reward_output(self.reward_fn(images, list(prompts), list(metadata)), images, self.reward_name)
-        output.heatmaps = output.heatmaps.to(images.device)
-        return output
+        return check_reward_output(self.reward_fn(images, list(prompts), list(metadata)), images, self.reward_name).to(images.device)
 
     def advantages(self, heatmaps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
         """The algorithm's advantages of this process's samples, normalised with statistics over all processes."""

@@ -69,7 +69,8 @@ class Algorithm:
 
     def keep(self, judged: torch.Tensor | None) -> torch.Tensor | None:
         """Where to preserve: a reward's judged map bool [B, H, W] -> the unjudged share of each latent cell [B, 1, h, w],
-        downsampled like the heatmaps; None when nothing is preserved (``train.preserve_coef = 0``, or every pixel judged)."""
+        downsampled like the heatmaps; None when nothing is preserved (``train.preserve_coef = 0``, or a reward that judges
+        every pixel by returning no judged map)."""
         if judged is None or self.config.train.preserve_coef == 0:
             return None
         return heatmap_to_latent((~judged).float(), self.latent_shape[1:], self.config.advantage.interpolation)

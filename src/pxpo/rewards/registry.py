@@ -35,6 +35,11 @@ class RewardOutput:
     terms: dict[str, torch.Tensor] = field(default_factory=dict)
     judged: torch.Tensor | None = None
 
+    def to(self, device: torch.device | str) -> RewardOutput:
+        """All its tensors on ``device`` (a reward may answer on the CPU, e.g. over HTTP)."""
+        judged = None if self.judged is None else self.judged.to(device)
+        return RewardOutput(self.heatmaps.to(device), {name: value.to(device) for name, value in self.terms.items()}, judged)
+
 
 class RewardError(ValueError):
     """A reward cannot be built, or returned something that is not a valid heatmap."""

@@ -41,7 +41,7 @@ class WeightedReward:
         return " + ".join(f"{t.weight:g} * {t.name}" for t in self.terms)
 
     def __call__(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
-        outputs = [check_reward_output(term.fn(images, prompts, metadata), images, term.name) for term in self.terms]
+        outputs = [check_reward_output(term.fn(images, prompts, metadata), images, term.name).to(images.device) for term in self.terms]
         total = sum(term.weight * output.heatmaps for term, output in zip(self.terms, outputs))
         means = {term.name: output.heatmaps.mean(dim=(1, 2)) for term, output in zip(self.terms, outputs)}
         judged = [output.judged for output in outputs]  # the union; a term that judges everything makes it everything
