@@ -13,7 +13,7 @@ def _config(**train):
 
 def test_only_the_windows_steps_are_trained():
     config = _config(step_window=[6, 10], num_inner_epochs=2)
-    calls = list(training_batches(4, 10, config, torch.Generator().manual_seed(0)))
+    calls = list(training_batches(4, config, torch.Generator().manual_seed(0)))
     steps = torch.cat([call.steps for call in calls])
     assert set(steps.tolist()) == {6, 7, 8, 9}
     assert len(steps) == 2 * 4 * 4  # inner epochs x samples x window steps: every (sample, step) pair once per inner epoch
@@ -21,8 +21,8 @@ def test_only_the_windows_steps_are_trained():
 
 
 def test_a_window_of_every_step_is_the_same_order_as_no_window():
-    plain = list(training_batches(4, 10, _config(), torch.Generator().manual_seed(3)))
-    whole = list(training_batches(4, 10, _config(step_window=[0, 10]), torch.Generator().manual_seed(3)))
+    plain = list(training_batches(4, _config(), torch.Generator().manual_seed(3)))
+    whole = list(training_batches(4, _config(step_window=[0, 10]), torch.Generator().manual_seed(3)))
     assert all(torch.equal(a.steps, b.steps) and torch.equal(a.rows, b.rows) for a, b in zip(plain, whole))
 
 

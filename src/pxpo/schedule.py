@@ -161,16 +161,16 @@ class TrainingCall(NamedTuple):
     weight: float  # the call's share of the trained steps: the summed gradients are the mean over all of them
 
 
-def training_batches(num_samples: int, num_steps: int, config: Config, generator: torch.Generator) -> Iterator[TrainingCall]:
+def training_batches(num_samples: int, config: Config, generator: torch.Generator) -> Iterator[TrainingCall]:
     """The order of an epoch's update, one ``TrainingCall`` per denoiser call, over the inner epochs.
 
-    Each inner epoch shuffles the samples and, per sample, its T steps (those of ``train.step_window``, when set); each
-    training batch of ``train.batch_size``
-    samples trains its first ``num_train_timesteps`` steps, ``train.timesteps_per_forward`` at a time.
+    Each inner epoch shuffles the samples and, per sample, its steps (``config.step_range``: the step window, or all
+    ``sample.num_steps``); each training batch of ``train.batch_size`` samples trains its first ``num_train_timesteps``
+    of them, ``train.timesteps_per_forward`` at a time.
     """
     train, (first, end) = config.train, config.step_range
     chunks = timestep_chunks(config)
-    window = end - first if train.step_window is not None else num_steps
+    window = end - first
     for _ in range(train.num_inner_epochs):
         order = torch.randperm(num_samples, generator=generator)
         step_order = torch.stack([torch.randperm(window, generator=generator) for _ in range(num_samples)]) + first  # [n, T]

@@ -225,12 +225,12 @@ class Trainer:
             # nothing to learn (e.g. an all-zero painted map): no optimiser step at all, since Adam's momentum and
             # weight decay would still move the weights, and the shown image must change only when there is feedback
             return {**totals, "grad_norm": 0.0}
-        n, num_steps, device = len(batch.trajectories), batch.trajectories.timesteps.shape[0], batch.trajectories.latents.device
+        n, device = len(batch.trajectories), batch.trajectories.latents.device
         rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
         calls = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(timestep_chunks(cfg))
         grad_norms, steps = [], bar(total=calls, desc="training", enabled=self._show_progress)
         self.denoiser.train()
-        for call in training_batches(n, num_steps, cfg, rng):
+        for call in training_batches(n, cfg, rng):
             raise_if_stopped()
             with acc.accumulate(self.denoiser):
                 output = self.algorithm.loss(self.policy, batch, call.rows.to(device), call.steps.to(device))
