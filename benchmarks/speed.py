@@ -7,11 +7,13 @@ trainer is replaced: the phases are timed by a ``pxpo.hooks.Callback``, the mode
 hooks (forward hooks on the denoiser and the VAE's decoder, the optimizer's step hooks, and for the
 backward pass a hook on the denoiser's output gradient, where its backward starts, and a multi-grad hook
 on the trainable parameters, where it ends). A denoiser forward counts as training in the update phase.
-"PXPO / scalar" is PXPO's time over the scalar loss's (DDPO, or GRPO with groups). Timings on shared
-machines are noisy: compare by ratios from the same run.
+``--algorithms`` picks the trainers (default PXPO and DDPO/GRPO; also awm, pxawm); each later one's time is given as a
+ratio to the first's. Timings on shared machines are noisy: compare by ratios from the same run.
 
     python benchmarks/speed.py --samples 8 --steps 20 --epochs 3 --out docs/benchmarks/speed.md
     python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --out docs/benchmarks/speed_flow.md
+    python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --algorithms pxpo ddpo pxawm awm \
+        --set 'sample.sde_window=[3, 5]' --out docs/benchmarks/speed_window.md
     python benchmarks/speed.py --model sd15-random --height 512 ...   (GPU: SD v1.5 size, random weights)
 """
 
@@ -152,10 +154,11 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3, help="epochs per algorithm (the first is a warm-up, not counted)")
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
+    parser.add_argument("--algorithms", nargs="+", default=["pxpo", "ddpo"], help="train.algorithm of each trainer (interleaved)")
     parser.add_argument("--out", help="write the markdown report here")
     args = bench.parse(parser)
 
-    records: dict[str, list[dict]] = {"pxpo": [], "ddpo": []}
+    records: dict[str, list[dict]] = {alg: [] for alg in args.algorithms}
     with tempfile.TemporaryDirectory() as folder:
         timers = {alg: Timer() for alg in records}
         trainers = {alg: build_trainer(alg, args, folder, timers[alg]) for alg in records}
@@ -178,7 +181,8 @@ def main() -> None:
     lines = [
         f"`{args.model}`, {args.samples} samples/epoch (groups of {args.group_size}), {args.steps} denoising steps, train batch "
         f"{args.train_batch_size}, {args.timesteps_per_forward} step(s) per denoiser call, {bench.machine()}; median of "
-        f"{len(measured['pxpo'])} epoch(s) after a warm-up, PXPO and the scalar loss interleaved in one process.",
+        f"{len(measured[args.algorithms[0]])} epoch(s) after a warm-up, {', '.join(args.algorithms)} interleaved in one process"
+        + (f" (every one with {', '.join(args.overrides)})" if args.overrides else "") + ".",
         "",
     ]
     rows = []
@@ -188,7 +192,8 @@ def main() -> None:
     lines += bench.table(["algorithm", "total s/epoch", "s/sample", *PARTS, "outside model compute"], rows)
     lines += ["", "Seconds per phase (pxpo.hooks; \"other\" above is what the phases spend outside the models, plus the epoch's own overhead):", ""]
     lines += bench.table(["algorithm", *MODEL_PHASES], [[alg, *(f"{m[f'phase_{p}']:.3f}" for p in MODEL_PHASES)] for alg, m in median.items()])
-    lines += ["", f"PXPO / scalar time per epoch: {median['pxpo']['total'] / median['ddpo']['total']:.3f}"]
+    first = args.algorithms[0]
+    lines += ["", "Time per epoch: " + ", ".join(f"{alg} / {first} {median[alg]['total'] / median[first]['total']:.3f}" for alg in args.algorithms[1:])]
     if peak_gb is not None:
         lines.append(f"Peak GPU memory: {peak_gb:.2f} GiB")
     bench.write_markdown(args.out, lines)

@@ -37,13 +37,54 @@ class Family:
     build: Callable[[], DiffusionPipeline]
     noise: float  # the policy's noise in training: DDIM's eta, or the flow SDE's noise level
     pipeline_kwargs: Callable[[DiffusionPipeline], dict]  # pipe -> what the diffusers pipeline needs to sample as the family does, deterministically
+    # (pipe, the diffusers pipeline's own latents) -> those latents on pxpo's [B, C, h, w] grid, by diffusers' own code
+    to_grid: Callable[[DiffusionPipeline, torch.Tensor], torch.Tensor] = lambda pipe, latents: latents
+    # (pipe, the denoiser's own output) -> the model output the pipeline steps with, on the grid (None: to_grid)
+    output_to_grid: Callable[[DiffusionPipeline, torch.Tensor], torch.Tensor] | None = None
+    # pipe -> the diffusers pipeline's default image side in pixels
+    native_size: Callable[[DiffusionPipeline], int] = lambda pipe: (
+        (getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size) * pipe.vae_scale_factor
+    )
+
+
+def flux_to_grid(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
+    """FLUX's packed tokens unpacked by diffusers' own ``_unpack_latents``."""
+    return FluxPipeline._unpack_latents(latents, SIZE, SIZE, pipe.vae_scale_factor)
 
 
 FAMILIES = [
     Family("sd", "StableDiffusionPipeline", build_tiny_pipeline, 1.0, lambda pipe: {"eta": 0.0}),
     # the tiny SD3 pipeline has no T5 encoder: no T5 tokens, as pxpo-tiny-flow was trained
     Family("sd3", "StableDiffusion3Pipeline", build_tiny_sd3_pipeline, 0.7, lambda pipe: {"max_sequence_length": 0}),
-    Family("flux", "FluxPipeline", build_tiny_flux_pipeline, 0.7, lambda pipe: {"max_sequence_length": pipe.tokenizer_2.model_max_length}),
+    Family("flux", "FluxPipeline", build_tiny_flux_pipeline, 0.7, lambda pipe: {"max_sequence_length": pipe.tokenizer_2.model_max_length},
+           flux_to_grid),
+    # SDXL: DDIM with eta, as SD (its tiny pipeline ships SDXL's Euler scheduler, rebuilt as DDIM by the family)
+    Family("sdxl", "StableDiffusionXLPipeline", lambda: __import__("pxpo.world.tiny_sdxl", fromlist=["_"]).build_tiny_sdxl_pipeline(),
+           1.0, lambda pipe: {"eta": 0.0}),
+    # Qwen-Image: packed 2 x 2 tokens on a one-frame VAE grid [B, C, 1, h, w]; pxpo's guidance_scale (3.0 in these tests)
+    # is the pipeline's true_cfg_scale with the negative prompt " " (the transformer has no guidance embedding)
+    Family("qwen-image", "QwenImagePipeline",
+           lambda: __import__("pxpo.world.tiny_qwen_image", fromlist=["_"]).build_tiny_qwen_image_pipeline(), 0.7,
+           lambda pipe: {"true_cfg_scale": 3.0, "negative_prompt": " "},
+           lambda pipe, latents: type(pipe)._unpack_latents(latents, SIZE, SIZE, pipe.vae_scale_factor)[:, :, 0]),
+    # FLUX.2 and klein: tokens of 2 x 2-patchified VAE latents [B, (h/2)(w/2), 4C], back on the VAE's grid by diffusers' own
+    # _unpack_latents_with_ids and _unpatchify_latents. FLUX.2 [dev]'s guidance_scale is its guidance embedding; the klein
+    # base model's is CFG with the empty prompt. Both pad prompts to the tiny tokenizer's 64 tokens, as pxpo does.
+    *[Family(name, cls, lambda build=build: getattr(__import__("pxpo.world.tiny_flux2", fromlist=["_"]), build)(), 0.7,
+             lambda pipe: {"max_sequence_length": pipe.tokenizer.model_max_length},
+             lambda pipe, latents: type(pipe)._unpatchify_latents(type(pipe)._unpack_latents_with_ids(
+                 latents, type(pipe)._prepare_latent_ids(torch.zeros(len(latents), 1, *[SIZE // pipe.vae_scale_factor // 2] * 2))
+             )))
+      for name, cls, build in [("flux2", "Flux2Pipeline", "build_tiny_flux2_pipeline"),
+                               ("flux2-klein", "Flux2KleinPipeline", "build_tiny_flux2_klein_pipeline")]],
+    # Z-Image: the transformer takes and returns a list of B latents [C, 1, h, w] (the pipeline's own latents are the grid),
+    # stacked as the pipeline stacks them, and the pipeline steps with minus its output; the pipeline writes pxpo's guidance
+    # scale w as cond + (w - 1)(cond - uncond); its default size is 1024 px (``height or 1024``: no default_sample_size)
+    Family("z_image", "ZImagePipeline",
+           lambda: __import__("pxpo.world.tiny_z_image", fromlist=["_"]).build_tiny_z_image_pipeline(), 0.7, lambda pipe: {"guidance_scale": 3.0 - 1, "cfg_normalization": False, "cfg_truncation": 1.0,
+                              "max_sequence_length": pipe.tokenizer.model_max_length},
+           lambda pipe, latents: torch.stack(latents).squeeze(2) if isinstance(latents, list) else latents,
+           output_to_grid=lambda pipe, output: -torch.stack(output).squeeze(2), native_size=lambda pipe: 1024),
 ]
 
 
@@ -58,14 +99,6 @@ def pipe(row) -> DiffusionPipeline:
     pipe = row.build()
     pipe.set_progress_bar_config(disable=True)
     return pipe
-
-
-def on_grid(pipe: DiffusionPipeline, latents: torch.Tensor) -> torch.Tensor:
-    """The diffusers pipeline's own latents on the [B, C, h, w] grid: FLUX's packed tokens unpacked by diffusers'
-    own ``_unpack_latents``; the other families' latents are the grid already (the identity)."""
-    if isinstance(pipe, FluxPipeline):
-        return FluxPipeline._unpack_latents(latents, SIZE, SIZE, pipe.vae_scale_factor)
-    return latents
 
 
 def with_random_lora(pipe: DiffusionPipeline, std: float):
@@ -88,12 +121,11 @@ def sample(pipe_or_family, prompts, noise: float, steps: int = 3, seed: int = 0,
 # the family and its sizes ---------------------------------------------------------------------------------------
 def test_the_family_is_detected_from_the_pipeline_class(row, pipe):
     family = family_for(pipe)
-    assert family.name == row.name and family.pipeline_classes == (row.pipeline_class,)
+    assert family.name == row.name and row.pipeline_class in family.pipeline_classes
     assert family.denoiser is getattr(pipe, family.denoiser_name)
     assert family.latent_shape(SIZE, SIZE) == GRID
     # the native size is the diffusers pipeline's default height and width
-    native = getattr(pipe, "default_sample_size", None) or pipe.unet.config.sample_size
-    assert family.default_size() == (native * pipe.vae_scale_factor,) * 2
+    assert family.default_size() == (row.native_size(pipe),) * 2
     assert family.latent_shape() == family.latent_shape(*family.default_size())
 
 
@@ -113,15 +145,16 @@ def test_unsupported_pipelines_are_refused_with_the_supported_classes():
     class MyPipeline(DiffusionPipeline):
         pass
 
-    expected = ", ".join(sorted(f.pipeline_class for f in FAMILIES))
+    expected = ", ".join(sorted({f.pipeline_class for f in FAMILIES}))
     with pytest.raises(ValueError, match=f"cannot train a MyPipeline: supported pipeline classes are {expected}"):
         family_for(MyPipeline())
 
 
 def test_a_scheduler_that_is_not_the_familys_sampler_is_rebuilt_or_refused(row, pipe):
-    """SD v1.4 ships a PNDM scheduler with set_alpha_to_one: the SD family samples with DDIM from its config, without
-    the deterministic last step. A flow family has no other sampler: a DDIM scheduler is refused."""
-    if row.name == "sd":
+    """SD v1.4 ships a PNDM scheduler with set_alpha_to_one: a DDIM family (SD, SDXL: its pipeline samples with ``eta``)
+    samples with DDIM from its config, without the deterministic last step. A flow family has no other sampler: a DDIM
+    scheduler is refused."""
+    if "eta" in row.pipeline_kwargs(pipe):
         pipe.scheduler = PNDMScheduler.from_config({**pipe.scheduler.config, "set_alpha_to_one": True})
         family_for(pipe)
         assert isinstance(pipe.scheduler, DDIMScheduler) and not pipe.scheduler.config.set_alpha_to_one
@@ -247,12 +280,13 @@ def test_the_deterministic_limit_of_the_sampler_is_the_diffusers_pipeline(row, p
     own ``_unpack_latents``), the same images."""
     ours = sample(pipe, ["nature landscape"], 1e-7, steps=4, seed=3)
     seen = []
-    reference = pipe("nature landscape", num_inference_steps=4, guidance_scale=3.0, height=SIZE, width=SIZE, output_type="pt",
+    # (the row's pipeline_kwargs may write the guidance scale the pipeline's own way)
+    reference = pipe(prompt="nature landscape", num_inference_steps=4, height=SIZE, width=SIZE, output_type="pt",
                      generator=torch.Generator().manual_seed(3), callback_on_step_end=lambda p, i, t, kw: seen.append(kw["latents"]) or {},
-                     **row.pipeline_kwargs(pipe)).images  # fmt: skip
+                     **{"guidance_scale": 3.0, **row.pipeline_kwargs(pipe)}).images  # fmt: skip
     assert len(seen) == 4
     for j, latents in enumerate(seen):
-        torch.testing.assert_close(ours.latents[:, j + 1], on_grid(pipe, latents), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(ours.latents[:, j + 1], row.to_grid(pipe, latents), rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(ours.images, reference.float(), rtol=1e-4, atol=1e-4)
 
 
@@ -269,7 +303,7 @@ def test_sd_only_the_stochastic_sampler_is_the_diffusers_pipeline_with_eta(tiny_
     torch.testing.assert_close(ours.images, reference, rtol=1e-4, atol=1e-4)
 
 
-def test_the_denoiser_sees_the_pipelines_own_latent_layout(pipe):
+def test_the_denoiser_sees_the_pipelines_own_latent_layout(row, pipe):
     """FLUX's transformer takes packed 2 x 2 tokens and returns them; the other denoisers take the grid itself.
     What ``predict`` gives the denoiser, and makes of its output, is diffusers' layout (unpacked by diffusers)."""
     family = family_for(pipe)
@@ -277,7 +311,8 @@ def test_the_denoiser_sees_the_pipelines_own_latent_layout(pipe):
     calls = []
 
     def hook(module, args, kwargs, output):
-        calls.append((kwargs.get("sample", kwargs.get("hidden_states")), output.sample if hasattr(output, "sample") else output[0]))
+        seen = next(kwargs[name] for name in ("sample", "hidden_states", "x") if name in kwargs)  # the latents argument
+        calls.append((seen, output.sample if hasattr(output, "sample") else output[0]))
 
     handle = family.denoiser.register_forward_hook(hook, with_kwargs=True)
     latents = torch.randn(2, *GRID)
@@ -285,8 +320,8 @@ def test_the_denoiser_sees_the_pipelines_own_latent_layout(pipe):
         prediction = family.predict(family.denoiser, latents, torch.full((2,), 500.0), family.encode_prompts(PROMPTS, 1.0), 1.0)
     handle.remove()
     ((seen, output),) = calls  # no guidance: one call
-    torch.testing.assert_close(on_grid(pipe, seen), latents, rtol=0, atol=0)
-    torch.testing.assert_close(prediction, on_grid(pipe, output), rtol=0, atol=0)
+    torch.testing.assert_close(row.to_grid(pipe, seen), latents, rtol=0, atol=0)
+    torch.testing.assert_close(prediction, (row.output_to_grid or row.to_grid)(pipe, output), rtol=0, atol=0)
 
 
 # gradients and LoRA ------------------------------------------------------------------------------------------------
@@ -372,7 +407,34 @@ def test_a_short_pxpo_run_with_groups_and_kl(row, pipe, make_config, phases):
     for epoch in (1, 2):  # each group of 2 images, at each latent location: advantages -1 and +1, or 0 and 0 (a tie)
         advantages = phases.results["advantage", epoch]
         assert advantages.shape == (4, 1, *GRID[1:])
-        groups = advantages.reshape(2, 2, *GRID[1:])  # (rounding: near-ties divide by a small std)
-        torch.testing.assert_close(groups[:, 0], -groups[:, 1], rtol=0, atol=1e-3)
-        assert torch.all(((groups.abs() - 1).abs() < 1e-3) | (groups == 0)) and (groups != 0).any()
+        groups = advantages.reshape(2, 2, *GRID[1:])
+        # the rewards on the latent grid, in float64: where the two images differ clearly, exactly -1 and +1; at a near-tie
+        # float32 rounding of the mean is divided by a tiny std, so only the signs and |a| <= 1 are certain there
+        rewards = heatmap_to_latent(phases.results["reward", epoch].heatmaps.double(), GRID[1:]).reshape(2, 2, *GRID[1:])
+        clear = (rewards[:, 0] - rewards[:, 1]).abs() > 1e-4
+        expected = torch.sign(rewards - rewards.mean(dim=1, keepdim=True)).float()
+        torch.testing.assert_close(groups[clear.unsqueeze(1).expand_as(groups)], expected[clear.unsqueeze(1).expand_as(groups)],
+                                   rtol=0, atol=1e-3)  # fmt: skip
+        assert clear.any() and torch.all(groups.abs() <= 1 + 1e-3) and torch.all(groups[:, 0] * groups[:, 1] <= 0)
     assert (trainer.run.lora / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.slow  # trains
+def test_pxpo_train_and_sample_take_a_saved_folder_of_the_family(row, pipe, tmp_path, quick_toml, capsys):
+    """What a user does with a model folder: ``pxpo train`` on it (one epoch), then ``pxpo sample`` of the run."""
+    from PIL import Image
+
+    from pxpo.cli import main
+
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder)
+    config = quick_toml("folder", model={"pretrained": str(folder)}, run={"num_epochs": 1},
+                        sample={"num_steps": 2, "batch_size": 2, "group_size": 2, "height": SIZE, "width": SIZE,
+                                "eta": row.noise, "noise_level": row.noise})  # fmt: skip
+    assert main(["train", config, "--no-progress"]) == 0, capsys.readouterr().err
+    run, out = tmp_path / "runs" / "folder", tmp_path / "s.png"
+    size = ["--height", str(SIZE), "--width", str(SIZE), "--num-steps", "2"]
+    assert main(["sample", str(run), "--prompt", "nature landscape", "--seed", "0", "1", "--out", str(out), *size]) == 0
+    assert Image.open(out).size == (2 * SIZE, SIZE)  # two seeds side by side
+    assert main(["sample", str(folder), "--prompt", "nature landscape", "--out", str(out), *size]) == 0  # the base model
+    assert Image.open(out).size == (SIZE, SIZE)

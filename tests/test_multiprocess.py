@@ -191,3 +191,43 @@ def test_human_feedback_refuses_several_processes(tmp_path):
                           text=True, timeout=600)  # fmt: skip
     assert done.returncode != 0
     assert "human feedback (single-image mode, the folder protocol) runs in one process; this launch has 2" in done.stderr
+
+
+def test_two_processes_give_exactly_the_group_advantages_of_one_process_over_the_union(tmp_path):
+    """GRPO groups of 4 over 2 processes x 3 sampling batches of 2: the middle group spans both processes and two batches.
+    Each rank's "group" and "group_location" advantages are exactly those one process computes over the union of both
+    ranks' samples in the global order, and every group's prompt is the same on both ranks."""
+    from safetensors import safe_open
+
+    from pxpo.config import load_config
+    from pxpo.trainer import Trainer
+
+    def write(name, batches):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(
+            f'[model]\npretrained = "tiny-random"\n[sample]\nnum_steps = 2\nbatch_size = 2\nnum_batches_per_epoch = {batches}\n'
+            'group_size = 4\nprompts = ["red taxi in traffic", "nature landscape", "a snowy owl"]\n[train]\nbatch_size = 2\n'
+            f'[advantage]\nnormalization = "group"\n[eval]\nseeds = [0]\n'
+            f'[run]\nnum_epochs = 1\noutput_dir = "{tmp_path / "runs"}"\nname = "{name}"\n'
+        )
+        return path
+
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--main_process_port",
+                str(free_port()), str(HERE / "two_process_groups.py"), str(write("two", 3)), str(tmp_path)]  # fmt: skip
+    done = subprocess.run(launcher, env={**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    parts, prompts = [load_file(tmp_path / f"groups{r}.safetensors") for r in (0, 1)], []
+    for r in (0, 1):
+        with safe_open(str(tmp_path / f"groups{r}.safetensors"), "pt") as f:
+            prompts += json.loads(f.metadata()["prompts"])
+    union = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+    assert union["groups"].tolist() == [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2]  # group 1: rank 0's last batch, rank 1's first
+    assert all(len({prompts[i] for i in range(12) if union["groups"][i] == g}) == 1 for g in range(3))
+    one = Trainer(load_config(write("one", 6)), progress=False)  # one process sampling the same 12 in 6 batches
+    assert [prompt for prompt, _ in one.schedule.draw_groups(1)] == prompts[::4]  # the same group prompts
+    for normalization in ("group", "group_location"):
+        one.config.advantage.normalization = normalization
+        expected = one.advantages(union["heatmaps"], prompts, union["groups"])
+        assert expected.abs().sum() > 0
+        assert torch.equal(union[normalization], expected), normalization  # exactly: the same gathered rows, the same maths

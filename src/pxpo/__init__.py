@@ -2,11 +2,13 @@
 
 The data flow, module by module:
 
-    families/      SD, SD3 and FLUX pipelines behind one interface (encode, predict, step, decode, LoRA)
-    sampling.py    sample trajectories, keeping every step's per-element log-probability
+    families/      SD, SDXL, SD3, FLUX.1, FLUX.2, Qwen-Image and Z-Image pipelines behind one interface
+    rollout.py     sample trajectories, keeping every (SDE-window) step's per-element log-probability
+    sampling.py    the policy steps (DDIM, flow SDE, CPS) with per-element log-probabilities
     rewards/       heatmap rewards: fn(images, prompts, metadata) -> [B, H, W]
     advantages.py  heatmap -> latent grid, normalisation, clipping
-    losses.py      pxpo_loss, ddpo_loss (pure functions)
+    algorithms/    PXPO, DDPO/GRPO, AWM and pixel-wise AWM: advantages and the loss
+    losses.py      pxpo_loss, ddpo_loss, matching_log_likelihood (pure functions)
     trainer.py     the epoch: sample -> reward -> advantage -> update; accelerate lives here
     reporting.py   evaluation images, metrics, reward curve and evolution grid
 """
@@ -35,8 +37,10 @@ _EXPORTS = {
     "sample_trajectories": "pxpo.rollout",
     "ddim_step_with_logprob": "pxpo.sampling",
     "flow_step_with_logprob": "pxpo.sampling",
+    "cps_step_with_logprob": "pxpo.sampling",
     "pxpo_loss": "pxpo.losses",
     "ddpo_loss": "pxpo.losses",
+    "matching_log_likelihood": "pxpo.losses",
     "heatmap_to_latent": "pxpo.advantages",
     "compute_advantages": "pxpo.advantages",
 }

@@ -10,11 +10,13 @@ elements: "batch" standardises over every element of every image (the paper's "s
 across all images"); "per_prompt" keeps a buffer of recent images per prompt (DDPO's per-prompt
 statistics) and falls back to the batch's statistics until a prompt has ``min_count`` images.
 
-GRPO's groups: with ``sample.group_size = k`` the batch is made of consecutive groups of k samples of
-one prompt. "group" standardises within each group (a scalar reward per image; a map over all the
-group's elements); "group_location" standardises each latent location within its group (the
-dense variant of DenseFlow-GRPO): a location whose reward is the same in every image of its group
-gets advantage 0.
+GRPO's groups: with ``sample.group_size = k`` every sample carries a group id (``pxpo.schedule``: k samples of
+one prompt, which may lie in different sampling batches and on different processes). "group" standardises
+within each group (a scalar reward per image; a map over all the group's elements); "group_location"
+standardises each latent location within its group (the dense variant of DenseFlow-GRPO): a location whose
+reward is the same in every image of its group gets advantage 0. The statistics are computed on all
+processes' rewards gathered in their global order, grouped by id, so the advantages do not depend on where
+a group's samples were drawn. Without ids, consecutive rows of k form the groups.
 """
 
 from __future__ import annotations
@@ -79,26 +81,42 @@ def normalize_batch(rewards: torch.Tensor) -> torch.Tensor:
     return _standardise(rewards, rewards.mean(), rewards.std(unbiased=False), "batch normalisation")
 
 
-def normalize_groups(rewards: torch.Tensor, group_size: int, per_location: bool = False) -> torch.Tensor:
-    """Standardise within consecutive groups of ``group_size`` samples.
+def consecutive_groups(num_samples: int, group_size: int) -> torch.Tensor:
+    """Group ids [B] of consecutive groups of ``group_size`` rows: [0, .., 0, 1, .., 1, ...]."""
+    if group_size < 1 or num_samples % group_size:
+        raise ValueError(f"{num_samples} samples cannot be split into groups of {group_size}")
+    return torch.arange(num_samples) // group_size
+
+
+def normalize_groups(rewards: torch.Tensor, groups: torch.Tensor, group_size: int, per_location: bool = False) -> torch.Tensor:
+    """Standardise within each group of samples that share a group id.
 
     Args:
-        rewards: [B] scalar rewards or [B, ...] reward maps; B a multiple of ``group_size``.
-        group_size: k, the samples per group (consecutive rows).
+        rewards: [B] scalar rewards or [B, ...] reward maps.
+        groups: [B] integer group ids; the rows of a group may be anywhere in the batch.
+        group_size: k, the samples every group must have.
         per_location: standardise each element position separately over the group's k samples
             (for maps); otherwise over all of the group's elements.
 
     Returns:
-        Advantages of the same shape. A group (or a location) with zero variance gets zeros.
+        Advantages of the same shape, row for row. A group (or a location) with zero variance gets zeros.
     """
     b = rewards.shape[0]
-    if group_size < 1 or b % group_size:
-        raise ValueError(f"{b} samples cannot be split into groups of {group_size}")
-    grouped = rewards.float().reshape(b // group_size, group_size, -1)  # [G, k, E]
+    groups = torch.as_tensor(groups).reshape(-1).to(rewards.device)
+    if groups.shape[0] != b:
+        raise ValueError(f"{groups.shape[0]} group ids for {b} samples")
+    ids, counts = torch.unique(groups, return_counts=True)
+    if bool((counts != group_size).any()):
+        bad = int((counts != group_size).nonzero()[0, 0])
+        raise ValueError(f"group {int(ids[bad])} has {int(counts[bad])} samples: every group needs sample.group_size = {group_size}")
+    order = torch.argsort(groups, stable=True)  # each group's rows together, in their own order (consecutive groups: unmoved)
+    grouped = rewards.float()[order].reshape(len(ids), group_size, -1)  # [G, k, E]
     dims = (1,) if per_location else (1, 2)
     mean = grouped.mean(dim=dims, keepdim=True)
     std = grouped.std(dim=dims, keepdim=True, unbiased=False)
-    advantages = torch.where(std < _MIN_STD, torch.zeros_like(grouped), (grouped - mean) / std.clamp(min=_MIN_STD))
+    standardised = torch.where(std < _MIN_STD, torch.zeros_like(grouped), (grouped - mean) / std.clamp(min=_MIN_STD))
+    advantages = torch.empty_like(standardised.reshape(b, -1))
+    advantages[order] = standardised.reshape(b, -1)
     return advantages.reshape(rewards.shape)
 
 
@@ -163,10 +181,12 @@ def compute_advantages(
     clip_max: float | None,
     tracker: PerPromptStatTracker | None = None,
     group_size: int = 1,
+    groups: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Normalise rewards ([B] or [B, 1, h, w]) into advantages of the same shape, then clip to +-clip_max.
 
-    ``group_size`` is used by the "group" and "group_location" normalisations (consecutive rows form a group).
+    The "group" and "group_location" normalisations standardise within groups of ``group_size`` samples: those
+    sharing an id in ``groups`` [B] (from the sample schedule), or, without ids, consecutive rows.
     """
     if normalization == "none":
         advantages = rewards.float()
@@ -177,7 +197,8 @@ def compute_advantages(
             raise ValueError("per_prompt normalisation needs a PerPromptStatTracker")
         advantages = tracker.update(prompts, rewards)
     elif normalization in ("group", "group_location"):
-        advantages = normalize_groups(rewards, group_size, per_location=normalization == "group_location")
+        ids = groups if groups is not None else consecutive_groups(rewards.shape[0], group_size)
+        advantages = normalize_groups(rewards, ids, group_size, per_location=normalization == "group_location")
     else:
         raise ValueError(f"normalization = {normalization!r}: expected 'none', 'batch', 'per_prompt', 'group' or 'group_location'")
     if clip_max is not None:

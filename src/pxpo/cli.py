@@ -70,6 +70,7 @@ def _add_sample_command(commands) -> None:
     sample.add_argument("--guidance-scale", type=float, default=5.0, help="classifier-free guidance (default: 5)")
     sample.add_argument("--eta", type=float, default=1.0, help="SD models: DDIM noise weight in (0, 1] (default: 1, as in training)")
     sample.add_argument("--noise-level", type=float, default=0.7, help="SD3/FLUX models: the SDE's noise level (default: 0.7, as in training)")
+    sample.add_argument("--sde-type", choices=("sde", "cps"), help="SD3/FLUX models: the policy step, Flow-GRPO's SDE or CPS (default: a run's sample.sde_type, else sde)")
     sample.add_argument("--height", type=int, help="image height in pixels (with --width; default: the model's)")
     sample.add_argument("--width", type=int, help="image width in pixels (with --height; default: the model's)")
     sample.add_argument("--out", default="samples.png", help="output PNG (default: samples.png)")
@@ -251,7 +252,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {args.out!r}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
     pipe, config = load_run_pipeline(args.model) if RunFolder(args.model).config.is_file() else (load_pipeline(args.model), None)
-    family = family_for(pipe)
+    family = family_for(pipe, args.sde_type or (config.sample.sde_type if config else "sde"))
     noise_level = family.policy_noise(args.eta, args.noise_level)
     images = sample_trajectories(
         family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,

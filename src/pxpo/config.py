@@ -35,8 +35,10 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     pretrained: str = Field(
         "pxpo-tiny",
-        description="Base pipeline: a registered name (pxpo-tiny, pxpo-tiny-flow, tiny-random, tiny-random-sd3, tiny-random-flux), "
-        "a local folder or a hub id (org/name) of a StableDiffusionPipeline, StableDiffusion3Pipeline or FluxPipeline.",
+        description="Base pipeline: a registered name (pxpo-tiny, pxpo-tiny-flow, tiny-random and tiny-random-<family>: sd3, sdxl, "
+        "flux, flux2, flux2-klein, qwen-image, z-image), a local folder or a hub id (org/name) of a StableDiffusionPipeline, "
+        "StableDiffusionXLPipeline, StableDiffusion3Pipeline, FluxPipeline, Flux2Pipeline, Flux2KleinPipeline, QwenImagePipeline "
+        "or ZImagePipeline.",
     )
     single_file_config: str | None = Field(
         None,
@@ -72,11 +74,23 @@ class SampleConfig(_Section):
         description="Noise level a of the flow-matching SDE (SD3, FLUX families; Flow-GRPO's 0.7), in (0, 2]: above about 2 the "
         "SDE's drift term blows up (pxpo-tiny-flow, 10 steps: latents of 1e11 at a = 10, NaN at 100).",
     )
+    sde_type: Literal["sde", "cps"] = Field(
+        "sde",
+        description="The policy step of the flow-matching families (SD3, FLUX): 'sde', Flow-GRPO's SDE; 'cps', "
+        "coefficients-preserving sampling (Wang & Yu 2025, Flow-GRPO's sde_type 'cps'): the predicted clean image re-noised "
+        "to exactly the next step's noise level, fresh noise of std sigma_next * sin(noise_level * pi / 2), so noise_level "
+        "must be in (0, 1] (Flow-GRPO uses 0.8); its last step is deterministic and never trained. SD-family models (DDIM) "
+        "take 'sde' only.",
+    )
     guidance_scale: float = Field(
         5.0, ge=0, description="Classifier-free guidance weight (on when > 1); FLUX: the guidance embedding's value (3.5 for FLUX.1-dev)."
     )
     group_size: int = Field(
-        1, gt=0, description="Samples per prompt in each sampling batch (GRPO's group; must divide sample.batch_size)."
+        1,
+        gt=0,
+        description="Samples per prompt (GRPO's group), the prompt drawn alike on every process; a group may span sampling "
+        "batches and processes (Flow-GRPO's 24 over 8 GPUs), so it must divide the samples per epoch over all processes "
+        "(batch_size * num_batches_per_epoch * processes; checked at launch). Its advantages are normalised over the gathered group.",
     )
     batch_size: int = Field(8, gt=0, description="Samples per sampling batch (per process).")
     num_batches_per_epoch: int = Field(1, gt=0, description="Sampling batches per epoch (per process).")
@@ -91,6 +105,20 @@ class SampleConfig(_Section):
         "shown image is a function of the weights alone and changes only when the model does (what a person painting on "
         "it needs); 'fresh' draws it anew each epoch (the policy's spread, for simulated annotators).",
     )
+    sde_window: list[int] | None = Field(
+        None,
+        description="[start, end]: only denoising steps start..end-1 are stochastic (the policy's noise) and trained, the "
+        "others follow the deterministic sampler (DDIM at eta = 0, the flow ODE), and only the window's steps are stored "
+        "(MixGRPO, TempFlow-GRPO, Flow-GRPO-Fast; Flow-Factory's sde_steps). [start, start] (empty): every step deterministic, "
+        "for forward-process algorithms (awm) only. Unset: every step stochastic and trained.",
+    )
+    sde_window_schedule: Literal["fixed", "random", "sliding"] = Field(
+        "fixed",
+        description="Where the SDE window sits: 'fixed' at sde_window; 'random', a position drawn per group each epoch "
+        "(the window's length kept); 'sliding', MixGRPO's window moving one step later every sde_window_shift_every epochs, "
+        "back to the start after the last step. Evaluation images always use the window at sde_window.",
+    )
+    sde_window_shift_every: int = Field(1, gt=0, description="Epochs between the sliding window's one-step moves (sde_window_schedule = 'sliding').")
     height: int | None = Field(None, gt=0, description="Image height in pixels; defaults to the model's native size.")
     width: int | None = Field(None, gt=0, description="Image width in pixels; defaults to the model's native size.")
 
@@ -167,6 +195,22 @@ class TrainConfig(_Section):
         description="PPO clip range on the ratio; unset: the algorithm's, 1e-4 for ddpo (element-mean ratio), 2e-3 for pxpo (per-element ratio; docs/clip_range.md).",
     )
     adv_clip_max: float = Field(5.0, gt=0, allow_inf_nan=True, description="Advantages are clipped to +-this (inf: no clipping).")
+    ema_decay: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Keep an exponential moving average (EMA) of the trained weights (the LoRA, or the whole denoiser), in "
+        "[0, 1); 0: off. The live weights still sample the training batches and train; the EMA makes the evaluation "
+        "images (and eval reward) and the exported lora/ (or denoiser) that pxpo sample loads. Its n-th update "
+        "moves it by (1 - d) towards the weights with d = 0 for the first, then min(ema_decay, n / (n + 9)) (the ramp of "
+        "diffusers' EMAModel, Flow-GRPO and Flow-Factory; Flow-GRPO uses 0.9). Not with single-image mode.",
+    )
+    ema_update_every: int = Field(
+        1,
+        gt=0,
+        description="Update the EMA after every this-many optimizer steps (Flow-GRPO: 8, with ema_decay = 0.9; an "
+        "average then spans about 8 / (1 - ema_decay) steps). The ramp of ema_decay counts EMA updates, not optimizer steps.",
+    )
 
     @field_validator("algorithm")
     @classmethod
@@ -267,14 +311,14 @@ class Config(_Section):
             self.eval.seeds = [0, 1, 2, 3]
         if (self.sample.height is None) != (self.sample.width is None):
             raise ValueError(f"sample.height = {self.sample.height}, sample.width = {self.sample.width}: set both or neither")
-        group = self.sample.group_size
-        if self.sample.batch_size % group:
-            raise ValueError(f"sample.group_size = {group} must divide sample.batch_size = {self.sample.batch_size}")
+        group = self.sample.group_size  # (that the groups fill an epoch needs the process count: check_processes, at launch)
         if self.advantage.normalization in ("group", "group_location") and group < 2:
             raise ValueError(
                 f"advantage.normalization = {self.advantage.normalization!r} needs sample.group_size >= 2 (got {group})"
             )
         self._check_lora_needs()
+        if self.sample.sde_type == "cps":
+            self._check_cps()
         if self.eval.prompts is None:
             self.eval.prompts = list(self.sample.prompts)
         per_epoch = self.sample.batch_size * self.sample.num_batches_per_epoch
@@ -297,7 +341,7 @@ class Config(_Section):
         return self
 
     def _check_single_image(self) -> None:
-        """Single-image mode: batch sizes of 1, one prompt, and its own seed as the evaluation seed."""
+        """Single-image mode: batch sizes of 1, one prompt, its own seed as the evaluation seed, and no EMA."""
         single = self.sample.single_image_seed
         sizes = {"sample.batch_size": self.sample.batch_size, "sample.num_batches_per_epoch": self.sample.num_batches_per_epoch,
                  "train.batch_size": self.train.batch_size}  # fmt: skip
@@ -310,6 +354,11 @@ class Config(_Section):
             self.eval.seeds = [single]  # the image shown is the next epoch's sample
         elif self.eval.seeds != [single]:
             raise ValueError(f"eval.seeds = {self.eval.seeds}: single-image mode evaluates its own seed; leave it unset or [{single}]")
+        if self.train.ema_decay > 0:
+            raise ValueError(
+                f"train.ema_decay = {self.train.ema_decay}: single-image mode (sample.single_image_seed = {single}) shows the "
+                "image the next epoch trains on, which the live weights sample, not an average; use 0"
+            )
 
     def _check_lora_needs(self) -> None:
         """The settings that switch the LoRA off somewhere (a reference policy, a step window) need one; windows in range."""
@@ -319,6 +368,7 @@ class Config(_Section):
                 f"train.preserve_coef = {train.preserve_coef} with preserve_reference = 'base' needs model.lora = true: "
                 "the base policy is the model with its LoRA off (or use preserve_reference = 'sampling')"
             )
+        self._check_sde_window()
         window = train.step_window
         if window is not None:
             if len(window) != 2 or not 0 <= window[0] < window[1] <= self.sample.num_steps:
@@ -328,9 +378,66 @@ class Config(_Section):
         if train.kl_coef > 0 and not self.model.lora:
             raise ValueError(f"train.kl_coef = {train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off")
 
+    def _check_cps(self) -> None:
+        """CPS: noise_level is its eta, in (0, 1]; its last step is deterministic (no log-probability), so no trained
+        window may end there (without one, ``step_range`` stops before it)."""
+        sample = self.sample
+        if sample.noise_level > 1:
+            raise ValueError(f"sample.noise_level = {sample.noise_level}: sample.sde_type = 'cps' needs a noise level in (0, 1] (CPS's eta)")
+        if sample.num_steps < 2:
+            raise ValueError(f"sample.num_steps = {sample.num_steps}: sample.sde_type = 'cps' needs at least 2 (its last step is deterministic)")
+        from pxpo.algorithms import algorithm_class
+
+        windows = {"train.step_window": self.train.step_window, "sample.sde_window": sample.sde_window}
+        for key, window in windows.items():
+            if window is not None and window[1] > self.policy_steps and algorithm_class(self.train.algorithm).needs_log_probs:
+                raise ValueError(
+                    f"{key} = {window} ends with the last step, which sample.sde_type = 'cps' takes deterministically (no "
+                    f"log-probability to train on): end it at {self.policy_steps} at most"
+                )
+
+    def _check_sde_window(self) -> None:
+        """The SDE window in range; empty only for an algorithm that needs no log-probabilities; not with a step window."""
+        window, steps = self.sample.sde_window, self.sample.num_steps
+        if window is None:
+            if self.sample.sde_window_schedule != "fixed":
+                raise ValueError(f"sample.sde_window_schedule = {self.sample.sde_window_schedule!r} needs a sample.sde_window")
+            return
+        if len(window) != 2 or not 0 <= window[0] <= window[1] <= steps:
+            raise ValueError(f"sample.sde_window = {window}: expected [start, end] with 0 <= start <= end <= sample.num_steps = {steps}")
+        from pxpo.algorithms import algorithm_class
+
+        if window[0] == window[1] and algorithm_class(self.train.algorithm).needs_log_probs:
+            raise ValueError(
+                f"sample.sde_window = {window} is empty (every step deterministic): train.algorithm = {self.train.algorithm!r} "
+                "trains on the stochastic steps' log-probabilities; give at least one step, or use a forward-process algorithm (awm)"
+            )
+        if self.train.step_window is not None:
+            raise ValueError(
+                f"sample.sde_window = {window} and train.step_window = {self.train.step_window}: set one (the SDE window "
+                "already chooses the trained steps)"
+            )
+
+    @property
+    def sde_steps(self) -> int:
+        """K, the stochastic steps each trajectory stores: the SDE window's length, or every step."""
+        window = self.sample.sde_window
+        return window[1] - window[0] if window is not None else self.sample.num_steps
+
+    def check_processes(self, num_processes: int) -> None:
+        """What needs the launch's process count: the GRPO groups must fill an epoch's samples over all processes."""
+        sample, group = self.sample, self.sample.group_size
+        per_process = sample.batch_size * sample.num_batches_per_epoch
+        if per_process * num_processes % group:
+            raise ConfigError(
+                f"sample.group_size = {group} must divide the {per_process * num_processes} samples per epoch over all processes "
+                f"(sample.batch_size = {sample.batch_size} * sample.num_batches_per_epoch = {sample.num_batches_per_epoch} * "
+                f"{num_processes} processes): it would leave a group that cannot be spread over the processes"
+            )
+
     @property
     def num_train_timesteps(self) -> int:
-        """How many of the T steps (of the step window, when set) are trained per sample."""
+        """How many steps are trained per sample: of the stored steps (or the step window), times train.timestep_fraction."""
         return max(1, math.floor(len(range(*self.step_range)) * self.train.timestep_fraction))
 
     @property
@@ -340,8 +447,22 @@ class Config(_Section):
 
     @property
     def step_range(self) -> tuple[int, int]:
-        """(start, end) of the trained steps: train.step_window, or every step."""
-        return tuple(self.train.step_window) if self.train.step_window is not None else (0, self.sample.num_steps)
+        """(start, end) of the trained steps, as indices of the steps a trajectory stores (``Trajectories.step_of`` maps
+        them to denoising steps): train.step_window, or every stored step (the SDE window's, or all but CPS's deterministic
+        last step). A forward-process algorithm trains on the sampler's timesteps themselves: every step (or the step window)."""
+        from pxpo.algorithms import algorithm_class
+
+        if self.train.step_window is not None:
+            return tuple(self.train.step_window)
+        if not algorithm_class(self.train.algorithm).needs_log_probs:
+            return (0, self.sample.num_steps)
+        return (0, self.sde_steps if self.sample.sde_window is not None else self.policy_steps)
+
+    @property
+    def policy_steps(self) -> int:
+        """The first denoising steps that have a log-probability (can be stochastic and trained): all T, or T - 1 with
+        sample.sde_type = 'cps', whose last step is deterministic."""
+        return self.sample.num_steps - (self.sample.sde_type == "cps")
 
     def to_toml(self) -> str:
         unused = {"reward": {"name", "kwargs"}} if self.reward.terms else None  # terms replace them

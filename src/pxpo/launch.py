@@ -1,7 +1,7 @@
 """Processes and trackers: what accelerate's launch gives a run, checked before any work.
 
-- ``check_launch``: the launcher's process count (WORLD_SIZE) must be what accelerate sees, and human
-  feedback runs in one process;
+- ``check_launch``: the launcher's process count (WORLD_SIZE) must be what accelerate sees, human feedback runs in
+  one process, and the GRPO groups fill an epoch's samples over all processes;
 - ``stop_when_orphaned``: a launched worker exits within seconds once its launcher is gone;
 - ``stop_on_signals`` / ``raise_if_stopped``: SIGINT and SIGTERM end a run the way Ctrl-C does, reliably;
 - ``check_trackers`` / ``flat_config`` / ``log_tracker_images``: experiment trackers (``run.log_with``), their
@@ -84,7 +84,8 @@ def raise_if_stopped() -> None:
 
 
 def check_launch(config: Config) -> None:
-    """Refuse launches that would go wrong silently: accelerate's process count must match the launcher's."""
+    """Refuse launches that would go wrong silently: accelerate's process count must match the launcher's, and the
+    config's settings that depend on it must hold for it (``Config.check_processes``)."""
     state = process_state()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world != state.num_processes:
@@ -98,6 +99,7 @@ def check_launch(config: Config) -> None:
             f"human feedback (single-image mode, the folder protocol) runs in one process; this launch has {state.num_processes}: "
             "the other ranks would train on images nobody saw"
         )
+    config.check_processes(state.num_processes)
 
 
 def check_trackers(names: Sequence[str]) -> None:

@@ -132,3 +132,13 @@ def preservation(per_element: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     reward judged, in [0, 1]), averaged over all elements: exactly zero where everything was judged, and its gradient
     reaches only the cells with ``keep > 0``."""
     return (keep * per_element).mean()
+
+
+def matching_log_likelihood(velocity: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """AWM's log-likelihood surrogate per element: -(v - target)^2 [B, C, h, w], not reduced.
+
+    The flow-matching loss ||v(x_t, t) - (eps - x_0)||^2 bounds the model's negative log-likelihood of x_0 (up to
+    constants and a time weighting), so Advantage Weighted Matching (arXiv 2509.25050) puts its negative where a policy
+    gradient puts a step's log-probability. Per element, it pairs with a per-location advantage as a log-probability does.
+    """
+    return -((velocity.float() - target.float()) ** 2)

@@ -63,9 +63,10 @@ def check_model_reference(name_or_path: str, registry: dict[str, object] | None 
     if _HUB_ID.match(name_or_path) and parent.is_dir():  # "runs/typo": a folder here, not a hub organisation
         raise ValueError(f"{name_or_path!r}: there is no folder of that name in {str(parent)!r} (and it is not a registered model)")
     if looks_like_path or not _HUB_ID.match(name_or_path):
-        raise ValueError(
-            f"{name_or_path!r} is not an existing folder, a hub id (org/name) nor a registered model ({', '.join(sorted(names))})"
-        )
+        random = [name.removeprefix("tiny-random-") for name in sorted(names) if name.startswith("tiny-random-")]
+        shown = [name for name in sorted(names) if not name.startswith("tiny-random-")]
+        shown += ["tiny-random-{" + ",".join(random) + "}"] if random else []  # the random test pipelines, one per family
+        raise ValueError(f"{name_or_path!r} is not an existing folder, a hub id (org/name) nor a registered model ({', '.join(shown)})")
     return name_or_path
 
 

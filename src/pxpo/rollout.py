@@ -37,6 +37,7 @@ def sample_trajectories(
     initial_noise: torch.Tensor | None = None,
     metadata: Sequence[dict] | None = None,
     adapter_steps: tuple[int, int] | None = None,
+    sde_window: tuple[torch.Tensor, int] | None = None,
     progress: bool = False,
     desc: str = "sampling",
 ) -> Trajectories:
@@ -57,34 +58,80 @@ def sample_trajectories(
         height, width: image size in pixels (both or neither); defaults to the model's native size.
         initial_noise: the initial latents [B, C, h, w]; drawn from ``generator`` when None (the
             generator then also draws the steps' noise).
+        adapter_steps: (start, end): the LoRA acts on steps start..end-1 only (the base model elsewhere).
+        sde_window: (starts [B], K): sample b's steps starts[b]..starts[b]+K-1 are the policy's stochastic steps, the
+            others the sampler's deterministic step, and only the window is stored; None: every step stochastic.
         progress: show a progress bar over the steps (on a terminal), labelled ``desc``.
 
     Returns:
-        Trajectories with latents [B, T + 1, C, h, w], log_probs [B, T, C, h, w], images [B, 3, H, W].
+        Trajectories with latents [B, K + 1, C, h, w], log_probs [B, K, C, h, w] (K = T without a window), images
+        [B, 3, H, W].
     """
     family = as_family(model)
     latent_shape = family.latent_shape(height, width)
     conditioning = family.encode_prompts(list(prompts), guidance_scale)
     timesteps = family.set_timesteps(num_steps, latent_shape)
     latents = initial_noise.float() if initial_noise is not None else family.initial_noise(len(prompts), latent_shape, generator)
-    all_latents, all_log_probs = [latents], []
+    record = _Recorder(latents, sde_window)
     for j, t in enumerate(bar(timesteps, desc=desc, enabled=progress)):
         outside = adapter_steps is not None and not adapter_steps[0] <= j < adapter_steps[1]
         with adapters_off(family.denoiser) if outside else contextlib.nullcontext():
             model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
-        step = family.step(model_output, t, latents, noise_level, generator=generator)
-        latents = step.prev_sample
-        all_latents.append(latents)
-        all_log_probs.append(step.log_prob)
+        step = family.step(model_output, t, latents, noise_level, generator=generator)  # drawn on every step: a sample's
+        latents = record.step(j, step, lambda: family.deterministic_step(model_output, t, latents))  # noise is its seed's
     return Trajectories(
         prompts=list(prompts),
         conditioning=conditioning,
         timesteps=timesteps.clone(),
-        latents=torch.stack(all_latents, dim=1),
-        log_probs=torch.stack(all_log_probs, dim=1),
+        latents=record.latents(),
+        log_probs=record.log_probs(),
         images=family.decode(latents),
         metadata=[dict(m) for m in metadata] if metadata is not None else [{} for _ in prompts],
+        window_start=None if sde_window is None else sde_window[0].clone(),
+        final_latents=None if sde_window is None else latents,
     )
+
+
+class _Recorder:
+    """Keeps the stored part of a sampling loop: every step, or each sample's SDE window (``sample_trajectories``)."""
+
+    def __init__(self, initial: torch.Tensor, sde_window: tuple[torch.Tensor, int] | None) -> None:
+        self.window = sde_window
+        if sde_window is None:
+            self.all_latents, self.all_log_probs = [initial], []
+        else:
+            starts, length = sde_window
+            self.starts = starts.to(initial.device).long()
+            self.stored = initial.new_zeros((len(initial), length + 1, *initial.shape[1:]))
+            self.stored_log_probs = initial.new_zeros((len(initial), length, *initial.shape[1:]))
+            self._store(self.stored, self.starts == 0, 0, initial)
+
+    @staticmethod
+    def _store(buffer: torch.Tensor, rows: torch.Tensor, index: torch.Tensor | int, values: torch.Tensor) -> None:
+        rows = rows.nonzero().flatten()
+        if len(rows):
+            buffer[rows, torch.as_tensor(index, device=buffer.device).expand(len(buffer))[rows]] = values[rows]
+
+    def step(self, j: int, step: StepOutput, deterministic: Callable[[], torch.Tensor]) -> torch.Tensor:
+        """The latents after step j: the policy's draw inside a sample's window, the deterministic step outside it."""
+        if self.window is None:
+            self.all_latents.append(step.prev_sample)
+            self.all_log_probs.append(step.log_prob)
+            return step.prev_sample
+        length = self.window[1]
+        inside = (self.starts <= j) & (j < self.starts + length)  # [B]
+        latents = step.prev_sample if bool(inside.all()) else torch.where(inside.view(-1, *[1] * (step.prev_sample.ndim - 1)),
+                                                                           step.prev_sample, deterministic())  # fmt: skip
+        self._store(self.stored_log_probs, inside, j - self.starts, step.log_prob)
+        self._store(self.stored, inside, j + 1 - self.starts, latents)
+        self._store(self.stored, self.starts == j + 1, 0, latents)  # the state a window starts from
+        return latents
+
+    def latents(self) -> torch.Tensor:
+        return torch.stack(self.all_latents, dim=1) if self.window is None else self.stored
+
+    def log_probs(self) -> torch.Tensor:
+        return torch.stack(self.all_log_probs, dim=1) if self.window is None else self.stored_log_probs
 
 
 def recompute_log_prob(
@@ -106,22 +153,55 @@ def recompute_log_prob(
         denoiser: the policy's UNet or transformer (possibly wrapped for distributed training).
         trajectories: the sampled batch.
         sample_index: [b] which samples.
-        step_index: [b] which step j of each sample (the transition latents[j] -> latents[j + 1]).
+        step_index: [b] which stored step j of each sample (the transition latents[j] -> latents[j + 1]; with an SDE
+            window, denoising step ``trajectories.step_of(sample_index, step_index)``).
         guidance_scale, noise_level: as used while sampling.
 
     Returns:
         StepOutput whose log_prob [b, C, h, w] carries gradients into the denoiser.
     """
-    family = as_family(model)
-    timesteps = family.set_timesteps(len(trajectories.timesteps), tuple(trajectories.latents.shape[2:]))
-    if not torch.equal(timesteps.to(trajectories.timesteps.device), trajectories.timesteps):
-        raise ValueError("these trajectories were sampled with other timesteps than the scheduler's: score them with the model that sampled them")
+    family = _sampled_steps(model, trajectories)
     latents = trajectories.latents[sample_index, step_index]
-    timesteps = trajectories.timesteps[step_index]
+    timesteps = trajectories.timesteps[trajectories.step_of(sample_index, step_index)]
     model_output = family.predict(denoiser, latents, timesteps, trajectories.conditioning[sample_index], guidance_scale)
     return family.step(
         model_output, timesteps, latents, noise_level, prev_sample=trajectories.latents[sample_index, step_index + 1]
     )
+
+
+def _sampled_steps(model: DiffusionPipeline | ModelFamily, trajectories: Trajectories) -> ModelFamily:
+    """The model's family with its scheduler set to the trajectories' own steps (checked), whatever ran on it before."""
+    family = as_family(model)
+    timesteps = family.set_timesteps(len(trajectories.timesteps), tuple(trajectories.latents.shape[2:]))
+    if not torch.equal(timesteps.to(trajectories.timesteps.device), trajectories.timesteps):
+        raise ValueError("these trajectories were sampled with other timesteps than the scheduler's: score them with the model that sampled them")
+    return family
+
+
+def velocity_on_forward_process(
+    model: DiffusionPipeline | ModelFamily,
+    denoiser: torch.nn.Module,
+    trajectories: Trajectories,
+    sample_index: torch.Tensor,
+    step_index: torch.Tensor,
+    noise: torch.Tensor,
+    *,
+    guidance_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flow model's velocity on the forward process of its own samples, and the flow-matching target.
+
+    The final latents x_0 of samples ``sample_index`` [b] are noised to the sampler's timesteps ``step_index`` [b]
+    (indices into ``trajectories.timesteps``): x_t = (1 - sigma) x_0 + sigma noise (the scheduler's ``scale_noise``).
+
+    Returns:
+        (v, target): the (guided) velocity v(x_t, t) [b, C, h, w], with gradients into ``denoiser``, and noise - x_0.
+    """
+    family = _sampled_steps(model, trajectories)
+    timesteps = trajectories.timesteps[step_index]
+    clean = trajectories.clean_latents[sample_index].float()
+    noised = family.pipe.scheduler.scale_noise(clean, timesteps, noise.float())
+    velocity = family.predict(denoiser, noised, timesteps, trajectories.conditioning[sample_index], guidance_scale)
+    return velocity.float(), noise.float() - clean
 
 
 @dataclass
@@ -158,6 +238,17 @@ class Policy:
             return recompute_log_prob(
                 self.family, denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale, noise_level=self.noise_level
             )
+
+
+    def velocity(self, trajectories: Trajectories, rows: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor, reference: bool = False):
+        """(v, target) of ``velocity_on_forward_process``: the current policy's, with gradients, or the reference
+        policy's (the LoRA off, no gradient)."""
+        if reference:
+            denoiser = self.unwrapped if self.unwrapped is not None else self.denoiser
+            with torch.no_grad(), adapters_off(denoiser), self.autocast():
+                return velocity_on_forward_process(self.family, denoiser, trajectories, rows, steps, noise, guidance_scale=self.guidance_scale)
+        with self.autocast():
+            return velocity_on_forward_process(self.family, self.denoiser, trajectories, rows, steps, noise, guidance_scale=self.guidance_scale)
 
 
 @contextlib.contextmanager

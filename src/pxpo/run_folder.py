@@ -8,7 +8,7 @@
       eval/epoch_0003/seed_0000.png ...
       lora/                pytorch_lora_weights.safetensors (``pipe.load_lora_weights(RUN / "lora")``)
       unet/ or transformer/ the fine-tuned denoiser, when not training LoRA
-      checkpoints/epoch_0005/{trainable.safetensors, optimizer.safetensors, state.json}
+      checkpoints/epoch_0005/{trainable.safetensors, optimizer.safetensors, state.json[, ema.safetensors]}
 
 Every file is written atomically; checkpoints hold safetensors and JSON only (no pickles).
 """
@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "epoch_"
 LOCK_NAME = ".lock"
+Tensors = dict[str, torch.Tensor]  # named tensors, as safetensors stores them
 _HELD: dict[Path, object] = {}  # run folders this process holds the lock of (open lock files)
 
 
@@ -102,9 +103,10 @@ class RunFolder:
             raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
         return run
 
-    def resume(self, restore: Callable[[dict[str, torch.Tensor], dict, dict], None], is_main: bool) -> int:
-        """Repair what a crash left, then ``restore(trainable, optimizer_state, state)`` from the newest intact
-        checkpoint (a damaged one is skipped, saying so); metrics after it are dropped. Returns its epoch (0: none)."""
+    def resume(self, restore: Callable[[Tensors, dict, dict, Tensors | None], None], is_main: bool) -> int:
+        """Repair what a crash left, then ``restore(trainable, optimizer_state, state, ema)`` from the newest intact
+        checkpoint (a damaged one is skipped, saying so; ``ema``: None when it has none); metrics after it are
+        dropped. Returns its epoch (0: none)."""
         if is_main:
             for leftover in self.remove_leftovers():
                 logger.info("removed %s (left by an interrupted write)", leftover)
@@ -115,8 +117,8 @@ class RunFolder:
         else:
             for path in reversed(checkpoints):
                 try:
-                    trainable, optimizer_state, state = self.load_checkpoint(path)
-                    restore(trainable, optimizer_state, state)
+                    trainable, optimizer_state, state, ema = self.load_checkpoint(path)
+                    restore(trainable, optimizer_state, state, ema)
                     break
                 except (OSError, ValueError, KeyError, SafetensorError) as error:  # a truncated file, bad JSON, ...
                     logger.warning("checkpoint %s is damaged (%s): trying the one before it", path, error)
@@ -244,31 +246,37 @@ class RunFolder:
         optimizer: torch.optim.Optimizer,
         state: dict,
         keep: int,
+        ema: Tensors | None = None,
     ) -> Path:
-        """Write checkpoint ``epoch`` atomically and delete all but the ``keep`` newest."""
+        """Write checkpoint ``epoch`` atomically and delete all but the ``keep`` newest. ``ema``: the averaged
+        weights by name (``pxpo.ema.WeightAverage.tensors``), kept in ema.safetensors when given."""
         target = self.checkpoint_path(epoch)
         tensors, param_groups = flatten_optimizer_state(optimizer)
         with atomic_directory(target) as tmp:
-            _save_tensors({k: v.contiguous() for k, v in trainable.items()}, tmp / "trainable.safetensors", target)
+            _save_tensors(trainable, tmp / "trainable.safetensors", target)
             _save_tensors(tensors, tmp / "optimizer.safetensors", target)
+            if ema is not None:
+                _save_tensors(ema, tmp / "ema.safetensors", target)
             (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "param_groups": param_groups, **state}, indent=2))
         for old in self.list_checkpoints()[:-keep]:
             shutil.rmtree(old)
         return target
 
     @staticmethod
-    def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict, dict]:
-        """(trainable tensors, optimizer state_dict, state) from a checkpoint folder."""
+    def load_checkpoint(path: Path) -> tuple[Tensors, dict, dict, Tensors | None]:
+        """(trainable tensors, optimizer state_dict, state, EMA tensors or None) from a checkpoint folder."""
         state = json.loads((path / "state.json").read_text())
         optimizer_state = unflatten_optimizer_state(load_file(path / "optimizer.safetensors"), state.pop("param_groups"))
-        return load_file(path / "trainable.safetensors"), optimizer_state, state
+        ema = load_file(path / "ema.safetensors") if (path / "ema.safetensors").exists() else None
+        return load_file(path / "trainable.safetensors"), optimizer_state, state, ema
 
 
-def _save_tensors(tensors: dict[str, torch.Tensor], path: Path, checkpoint: Path) -> None:
-    """``save_file``, raising OSError naming the checkpoint's file (safetensors raises its own error type, e.g. "Error
-    while serializing: I/O error: No space left on device (os error 28)", which names no file)."""
+def _save_tensors(tensors: Tensors, path: Path, checkpoint: Path) -> None:
+    """``save_file`` (contiguous copies where needed), raising OSError naming the checkpoint's file (safetensors raises
+    its own error type, e.g. "Error while serializing: I/O error: No space left on device (os error 28)", which names
+    no file)."""
     try:
-        save_file(tensors, path)
+        save_file({k: v.contiguous() for k, v in tensors.items()}, path)
     except SafetensorError as error:
         found = re.search(r"\(os error (\d+)\)", str(error))
         shown = str(checkpoint / path.name)
@@ -287,7 +295,7 @@ def load_run_pipeline(path: str | Path) -> tuple[DiffusionPipeline, Config]:
     config = load_config(run.config)
     model = config.model
     pipe = load_pipeline(model.pretrained, single_file_config=model.single_file_config)  # the run's base model, as trained
-    family = family_for(pipe)
+    family = family_for(pipe, config.sample.sde_type)
     weights = run.weights(model.lora, family.denoiser_name)
     if not weights.is_dir():
         raise ConfigError(f"run folder {str(run.path)!r} has no trained weights (no {weights.name}/): nothing to sample")

@@ -4,7 +4,8 @@ A latent diffusion model with a stochastic sampler is a policy: each step draws
 x_next ~ N(mean_theta(x, t, c), std_t^2 I). Two such steps are here:
 
 - ``ddim_step_with_logprob``: DDIM with eta > 0 (Stable Diffusion v1/v2-class UNets);
-- ``flow_step_with_logprob``: the SDE of Flow-GRPO for flow-matching models (SD3, FLUX).
+- ``flow_step_with_logprob``: the SDE of Flow-GRPO for flow-matching models (SD3, FLUX);
+- ``cps_step_with_logprob``: coefficients-preserving sampling (CPS, Wang & Yu 2025) for the same models.
 
 PXPO needs the log-probability of every latent element separately, so nothing here reduces over
 elements; the reduction belongs in the loss. The data types that carry sampled steps (``StepOutput``,
@@ -192,16 +193,9 @@ def flow_step_with_logprob(
     """
     if not noise_level > 0:
         raise ValueError(f"noise_level = {noise_level!r}: the policy's log-probability needs noise_level > 0 (0 is the deterministic ODE)")
-    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
-        raise TypeError(f"flow_step_with_logprob needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
-    _check_step_inputs(scheduler.num_inference_steps is not None and getattr(scheduler, "sigmas", None) is not None, model_output, sample)
-    batch, device = sample.shape[0], sample.device
-    index = flow_step_index(scheduler, timestep, batch)
-    sigmas = scheduler.sigmas.float().cpu()
-    shape = (batch,) + (1,) * (sample.ndim - 1)
-    sigma = sigmas[index].reshape(shape).to(device)
-    dt = (sigmas[index + 1] - sigmas[index]).reshape(shape).to(device)
-    denominator = torch.where(sigma >= 1, sigmas[1].to(device), sigma)
+    index, sigma, sigma_next = _flow_sigmas(scheduler, model_output, timestep, sample, "flow_step_with_logprob")
+    dt = sigma_next - sigma
+    denominator = torch.where(sigma >= 1, scheduler.sigmas[1].float().to(sigma.device), sigma)
     std_t = noise_level * torch.sqrt(sigma / (1 - denominator))
     x, v = sample.float(), model_output.float()
     mean = x + dt * (v + std_t**2 / (2 * sigma) * (x + (1 - sigma) * v))
@@ -209,6 +203,73 @@ def flow_step_with_logprob(
     if not bool((std > 0).all()):
         raise ValueError(f"timestep {scheduler.timesteps[index].tolist()} has zero variance: its log-probability is undefined")
     return _gaussian(mean, std, prev_sample, generator)
+
+
+def _flow_sigmas(
+    scheduler: FlowMatchEulerDiscreteScheduler, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor, caller: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What both flow steps read off the scheduler: the step's positions [B], its sigma and the next one, each
+    [B, 1, ...] (broadcasting over ``sample``) on the sample's device; errors for a wrong scheduler or input."""
+    if not isinstance(scheduler, FlowMatchEulerDiscreteScheduler):
+        raise TypeError(f"{caller} needs a FlowMatchEulerDiscreteScheduler, got {type(scheduler).__name__}")
+    _check_step_inputs(scheduler.num_inference_steps is not None and getattr(scheduler, "sigmas", None) is not None, model_output, sample)
+    batch, device = sample.shape[0], sample.device
+    index = flow_step_index(scheduler, timestep, batch)
+    sigmas = scheduler.sigmas.float().cpu()
+    shape = (batch,) + (1,) * (sample.ndim - 1)
+    return index, sigmas[index].reshape(shape).to(device), sigmas[index + 1].reshape(shape).to(device)
+
+
+def cps_step_with_logprob(
+    scheduler: FlowMatchEulerDiscreteScheduler,
+    model_output: torch.Tensor,
+    timestep: float | torch.Tensor,
+    sample: torch.Tensor,
+    noise_level: float,
+    prev_sample: torch.Tensor | None = None,
+    generator: Generator = None,
+) -> StepOutput:
+    """One coefficients-preserving sampling (CPS) step (Wang & Yu 2025, arXiv 2509.05952), with the per-element
+    log-probability: a true Gaussian log-density.
+
+    The flow x_s = (1 - s) x0 + s x1 is stepped from sigma = sigmas[i] to sigma' = sigmas[i + 1] by re-noising the
+    predicted clean sample with a mix of the predicted noise and fresh noise whose coefficients keep the total noise
+    at sigma' (so no step over- or under-noises, unlike the SDE at large noise levels):
+
+        x0_hat = x - sigma v                            (the predicted clean sample)
+        x1_hat = x + (1 - sigma) v                      (the predicted noise)
+        std    = sigma' * sin(noise_level * pi / 2)
+        mean   = (1 - sigma') x0_hat + sqrt(sigma'^2 - std^2) x1_hat     (sqrt(...) = sigma' cos(noise_level * pi / 2))
+
+    As noise_level -> 0 the mean is the scheduler's Euler step x + (sigma' - sigma) v; at 1 the predicted noise is
+    replaced by fresh noise entirely. Flow-GRPO's CPS code keeps only -(prev_sample - mean)^2 as its log-probability
+    (a surrogate without the 1 / (2 std^2) scale and the normaliser); here it is log N(prev_sample | mean, std^2), so
+    that policy ratios, the PPO clip and the KL are those of the policy that sampled.
+
+    The last step (sigma' = 0) is deterministic: std = 0 and prev_sample = x0_hat. Its draw is certain given its
+    input, so its log_prob is recorded as 0; it cannot be scored (a ValueError when ``prev_sample`` is given), and
+    training leaves it out (``Config.step_range`` ends before it).
+
+    Args: as ``flow_step_with_logprob``; noise_level is CPS's eta, in (0, 1] (Flow-GRPO uses 0.8).
+
+    Returns:
+        StepOutput with prev_sample, log_prob (same shape as ``sample``, not reduced), mean, std [B, 1, ...].
+    """
+    if not 0 < noise_level <= 1:
+        raise ValueError(f"noise_level = {noise_level!r}: CPS needs noise_level in (0, 1] (0 is the deterministic ODE)")
+    index, sigma, sigma_next = _flow_sigmas(scheduler, model_output, timestep, sample, "cps_step_with_logprob")
+    x, v = sample.float(), model_output.float()
+    angle = noise_level * math.pi / 2
+    std = sigma_next * math.sin(angle)
+    mean = (1 - sigma_next) * (x - sigma * v) + sigma_next * math.cos(angle) * (x + (1 - sigma) * v)
+    if bool((std > 0).all()):
+        return _gaussian(mean, std, prev_sample, generator)
+    if prev_sample is None and not bool((std > 0).any()):
+        return StepOutput(prev_sample=mean.detach(), log_prob=torch.zeros_like(mean), mean=mean, std=std)
+    raise ValueError(
+        f"timestep {scheduler.timesteps[index].tolist()} includes CPS's last step, which is deterministic (std 0): "
+        "its log-probability is undefined; score only the steps before it"
+    )
 
 
 @dataclass
@@ -253,9 +314,20 @@ class Trajectories:
     log_probs: torch.Tensor
     images: torch.Tensor
     metadata: list[dict] = field(default_factory=list)
+    window_start: torch.Tensor | None = None  # [B] long: the denoising step of each sample's first stored step (None: 0)
+    final_latents: torch.Tensor | None = None  # [B, C, h, w]: x_0 when the stored steps end before it (None: latents[:, -1])
 
     def __len__(self) -> int:
         return len(self.prompts)
+
+    def step_of(self, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """The denoising steps [b] (indices into ``timesteps``) of stored steps ``steps`` [b] of samples ``rows`` [b]."""
+        return steps if self.window_start is None else self.window_start.to(steps.device)[rows] + steps
+
+    @property
+    def clean_latents(self) -> torch.Tensor:
+        """x_0, the final latents [B, C, h, w] (what the images decode)."""
+        return self.final_latents if self.final_latents is not None else self.latents[:, -1]
 
     @staticmethod
     def cat(parts: Sequence[Trajectories]) -> Trajectories:
@@ -268,4 +340,20 @@ class Trajectories:
             log_probs=torch.cat([p.log_probs for p in parts]),
             images=torch.cat([p.images for p in parts]),
             metadata=[m for part in parts for m in part.metadata],
+            window_start=_cat_optional([p.window_start for p in parts]),
+            final_latents=_cat_optional([p.final_latents for p in parts]),
         )
+
+
+def _cat_optional(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None:
+    """The tensors concatenated, or None when they are all None (batches sampled alike)."""
+    return None if tensors[0] is None else torch.cat(list(tensors))
+
+
+def flow_ode_step(scheduler: FlowMatchEulerDiscreteScheduler, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+    """The flow ODE's Euler step x + (sigmas[i + 1] - sigmas[i]) v [B, ...]: the deterministic sampler outside an SDE
+    window (what ``FlowMatchEulerDiscreteScheduler.step`` computes, without its internal step counter)."""
+    index = flow_step_index(scheduler, timestep, sample.shape[0])
+    sigmas = scheduler.sigmas.float().cpu()
+    dt = (sigmas[index + 1] - sigmas[index]).reshape((-1,) + (1,) * (sample.ndim - 1)).to(sample.device)
+    return sample.float() + dt * model_output.float()

@@ -1,19 +1,23 @@
 """What each epoch samples, from which seeds: the sample schedule, chosen once per run.
 
-- ``GroupedPrompts``: each sampling batch draws ``batch_size / group_size`` prompts (from ``sample.prompts`` or
-  a ``prompt_fn``) and samples each ``group_size`` times in a row (a GRPO group); evaluation samples the fixed
-  ``eval.seeds``.
+- ``GroupedPrompts``: an epoch's samples over all processes are numbered in one global order (process p holds
+  p * n ... (p + 1) * n - 1, n = batch_size * num_batches_per_epoch: the order in which accelerate gathers them), and
+  sample i belongs to GRPO group i // group_size. Each group's prompt (from ``sample.prompts`` or a ``prompt_fn``) is
+  drawn from a generator that is the same on every process, so a group may span sampling batches and processes;
+  each sample's noise is its own. With one process and groups inside a batch this is what it always was: each batch's
+  groups of ``group_size`` in a row. Evaluation samples the fixed ``eval.seeds``.
 - ``SingleImage`` (``sample.single_image_seed``, human feedback): one image of one prompt from the same initial
   noise every epoch; with ``sample.single_image_noise = "fixed"`` the steps' noise is fixed too, so the image is a
   function of the weights alone. The image shown after epoch k is exactly the trajectory epoch k + 1 trains on.
 
-Every epoch's randomness is drawn from (run.seed, epoch, purpose, process), so a resumed run repeats an
-uninterrupted one exactly. ``training_batches`` is the order in which an epoch's samples and steps are trained.
+Every epoch's randomness is drawn from (run.seed, epoch, purpose, process) (the group prompts: process 0's, on
+every process), so a resumed run repeats an uninterrupted one exactly. ``training_batches`` is the order in which an
+epoch's samples and steps are trained.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 import numpy as np
@@ -25,7 +29,7 @@ if TYPE_CHECKING:
     from pxpo.config import Config
     from pxpo.families import ModelFamily
 
-_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3, "single_image_steps": 4}
+_PURPOSES = {"sample": 0, "prompts": 1, "shuffle": 2, "lora": 3, "single_image_steps": 4, "sde_window": 5, "matching": 6}
 
 PromptFn = Callable[[torch.Generator], tuple[str, dict]]
 
@@ -50,22 +54,28 @@ class SampleSchedule:
         config: the run's config.
         family: the model family (for the initial noise).
         latent_shape: (C, h, w).
-        process: this process's index (each process samples its own prompts and noise).
+        process: this process's index (each process samples its own share of the groups, with its own noise).
         device: where generators draw.
+        num_processes: how many processes share an epoch's groups.
     """
 
-    def __init__(self, config: Config, family: ModelFamily, latent_shape: tuple[int, int, int], process: int, device: torch.device) -> None:
+    def __init__(
+        self, config: Config, family: ModelFamily, latent_shape: tuple[int, int, int], process: int, device: torch.device,
+        num_processes: int = 1,
+    ) -> None:  # fmt: skip
         self.config = config
         self.family = family
         self.latent_shape = latent_shape
         self.process = process
         self.device = device
+        self.num_processes = num_processes
 
     def generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def sample(self, epoch: int, sampler: Sampler) -> Trajectories:
-        """Epoch ``epoch``'s trajectories on this process; each sample's metadata holds its prompt and the epoch."""
+        """Epoch ``epoch``'s trajectories on this process; each sample's metadata holds its prompt, the epoch and its
+        GRPO group id ("group")."""
         raise NotImplementedError
 
     def eval_images(self, epoch: int, sampler: Sampler) -> torch.Tensor:
@@ -84,19 +94,29 @@ class GroupedPrompts(SampleSchedule):
 
     def __init__(self, *args, prompt_fn: PromptFn | None = None, **kwargs) -> None:
         super().__init__(*args, **kwargs)
+        self.config.check_processes(self.num_processes)  # the groups fill the epoch's samples over all processes
         self.prompt_fn = prompt_fn
 
     def sample(self, epoch: int, sampler: Sampler) -> Trajectories:
         cfg, seed = self.config.sample, self.config.run.seed
-        prompt_rng = torch.Generator().manual_seed(epoch_seed(seed, epoch, "prompts", self.process))
+        groups = self.draw_groups(epoch)
         noise_rng = self.generator(epoch_seed(seed, epoch, "sample", self.process))
+        ids = group_ids(self.process, cfg.batch_size * cfg.num_batches_per_epoch, cfg.group_size).tolist()
         parts = []
         for b in range(cfg.num_batches_per_epoch):
-            groups = [self.draw_prompt(prompt_rng) for _ in range(cfg.batch_size // cfg.group_size)]
-            prompts = [prompt for prompt, _ in groups for _ in range(cfg.group_size)]
-            metadata = [{**extra, "prompt": prompt, "epoch": epoch} for prompt, extra in groups for _ in range(cfg.group_size)]
+            batch = ids[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            prompts = [groups[g][0] for g in batch]
+            metadata = [{**groups[g][1], "prompt": groups[g][0], "epoch": epoch, "group": g} for g in batch]
             parts.append(sampler(prompts, noise_rng, metadata=metadata, desc=f"sampling {b + 1}/{cfg.num_batches_per_epoch}"))
         return Trajectories.cat(parts)
+
+    def draw_groups(self, epoch: int) -> list[tuple[str, dict]]:
+        """Every group's (prompt, metadata) of epoch ``epoch`` over all processes, in group order: the same on every
+        process (one generator, process 0's seed)."""
+        cfg = self.config.sample
+        rng = torch.Generator().manual_seed(epoch_seed(self.config.run.seed, epoch, "prompts"))
+        count = cfg.batch_size * cfg.num_batches_per_epoch * self.num_processes // cfg.group_size
+        return [self.draw_prompt(rng) for _ in range(count)]
 
     def draw_prompt(self, generator: torch.Generator) -> tuple[str, dict]:
         """One group's prompt and metadata: from prompt_fn, or uniformly from sample.prompts."""
@@ -127,7 +147,8 @@ class SingleImage(SampleSchedule):
         else:
             noise_seed = epoch_seed(self.config.run.seed, epoch, "sample", self.process)
         prompt = cfg.prompts[0]
-        return sampler([prompt], self.generator(noise_seed), self.initial_noise(), metadata=[{"prompt": prompt, "epoch": epoch}])
+        metadata = [{"prompt": prompt, "epoch": epoch, "group": 0}]
+        return sampler([prompt], self.generator(noise_seed), self.initial_noise(), metadata=metadata)
 
     def eval_images(self, epoch: int, sampler: Sampler) -> torch.Tensor:
         """The trajectory that epoch + 1 will sample and train on: the image a person judges is the one their
@@ -142,14 +163,30 @@ def eval_prompts(config: Config) -> list[str]:
 
 
 def sample_schedule(
-    config: Config, family: ModelFamily, latent_shape: tuple[int, int, int], process: int, device: torch.device, prompt_fn: PromptFn | None = None
-) -> SampleSchedule:
+    config: Config, family: ModelFamily, latent_shape: tuple[int, int, int], process: int, device: torch.device,
+    prompt_fn: PromptFn | None = None, num_processes: int = 1,
+) -> SampleSchedule:  # fmt: skip
     """The run's schedule: SingleImage when ``sample.single_image_seed`` is set, else GroupedPrompts."""
     if config.sample.single_image_seed is not None:
         if prompt_fn is not None:
             raise ValueError("prompt_fn draws prompts per group; single-image mode (sample.single_image_seed) samples one fixed prompt")
-        return SingleImage(config, family, latent_shape, process, device)
-    return GroupedPrompts(config, family, latent_shape, process, device, prompt_fn=prompt_fn)
+        return SingleImage(config, family, latent_shape, process, device, num_processes)
+    return GroupedPrompts(config, family, latent_shape, process, device, num_processes, prompt_fn=prompt_fn)
+
+
+def group_ids(process: int, per_process: int, group_size: int) -> torch.Tensor:
+    """The GRPO group id [per_process] of each of this process's samples, in sampling order.
+
+    An epoch's samples are numbered over all processes in the order accelerate gathers them: process p holds
+    p * per_process ... (p + 1) * per_process - 1; sample i belongs to group i // group_size (a group may span
+    sampling batches and processes).
+    """
+    return torch.arange(process * per_process, (process + 1) * per_process) // group_size
+
+
+def sample_groups(metadata: Sequence[dict]) -> torch.Tensor:
+    """The group ids [B] the schedule gave the samples (their metadata's "group")."""
+    return torch.tensor([item["group"] for item in metadata], dtype=torch.long)
 
 
 class TrainingCall(NamedTuple):

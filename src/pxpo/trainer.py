@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ from diffusers import DiffusionPipeline
 
 from pxpo.algorithms import Batch, algorithm_class
 from pxpo.config import Config, ConfigError, check_resume, load_config
+from pxpo.ema import weight_average
 from pxpo.families import family_for
 from pxpo.hooks import Callback, Callbacks, EpochCallback, PhaseTimer
 from pxpo.io import atomic_write_text
@@ -41,7 +43,8 @@ from pxpo.rewards import RewardFn, RewardOutput, WeightedReward, build_reward, c
 from pxpo.rollout import Policy, sample_trajectories
 from pxpo.run_folder import RunFolder
 from pxpo.sampling import Trajectories
-from pxpo.schedule import PromptFn, epoch_seed, sample_schedule, timestep_chunks, training_batches
+from pxpo.schedule import PromptFn, epoch_seed, sample_groups, sample_schedule, timestep_chunks, training_batches
+from pxpo.windows import sde_window_starts
 
 DIAGNOSTICS = ("loss", "approx_kl", "clipfrac")
 
@@ -97,15 +100,16 @@ class Trainer:
         if acc.num_processes > 1:
             stop_when_orphaned()
         self.pipe = pipeline if pipeline is not None else load_pipeline(config.model.pretrained, single_file_config=config.model.single_file_config)
-        self.family = family_for(self.pipe)
+        self.family = family_for(self.pipe, config.sample.sde_type)
         self.latent_shape = self.family.latent_shape(config.sample.height, config.sample.width)  # checks the size first
         self.params = prepare_trainable(self.family, config.model, epoch_seed(config.run.seed, 0, "lora"), acc.device)
         # The prepared (possibly DDP-wrapped) denoiser is trained; family.denoiser samples.
         self.denoiser, self.optimizer = acc.prepare(self.family.denoiser, build_optimizer(self.params, config.train))
+        self.ema = weight_average(acc.unwrap_model(self.denoiser), config.train)  # evaluates and exports; None: off
         noise = self.family.policy_noise(config.sample.eta, config.sample.noise_level)
         self.policy = Policy(self.family, self.denoiser, config.sample.guidance_scale, noise, acc.autocast, acc.unwrap_model(self.denoiser))
-        self.algorithm = algorithm_class(config.train.algorithm)(config, self.latent_shape)
-        self.schedule = sample_schedule(config, self.family, self.latent_shape, acc.process_index, acc.device, prompt_fn)
+        self.algorithm = algorithm_class(config.train.algorithm)(config, self.latent_shape, self.family)  # refuses a family it cannot train
+        self.schedule = sample_schedule(config, self.family, self.latent_shape, acc.process_index, acc.device, prompt_fn, acc.num_processes)
         self.reporter = Reporter(config, self.run, lambda *args: self.reward(*args).heatmaps, self.reward_name)
         if acc.is_main_process:
             atomic_write_text(self.run.config, config.to_toml())
@@ -116,10 +120,14 @@ class Trainer:
     def _resume(self) -> int:
         """Continue from the newest intact checkpoint (``RunFolder.resume``); return its epoch."""
 
-        def restore(trainable: dict, optimizer_state: dict, state: dict) -> None:
+        def restore(trainable: dict, optimizer_state: dict, state: dict, ema: dict | None) -> None:
             load_trainable_state_dict(self.accelerator.unwrap_model(self.denoiser), trainable)
             self.optimizer.load_state_dict(optimizer_state)
             self.algorithm.load_state_dict(state)
+            if self.ema is not None:
+                if ema is None:  # every checkpoint of a run with an EMA has one: this one lost it
+                    raise ValueError(f"it has no ema.safetensors, and train.ema_decay = {self.config.train.ema_decay}")
+                self.ema.load(ema, state["ema"])
 
         epoch = self.run.resume(restore, self.accelerator.is_main_process)
         if epoch and self.accelerator.is_main_process:
@@ -162,7 +170,8 @@ class Trainer:
         for item in trajectories.metadata:
             item.update(metadata or {})
         rewards = phase("reward", lambda: self.reward(trajectories.images, trajectories.prompts, trajectories.metadata))
-        advantages = phase("advantage", lambda: self.advantages(rewards.heatmaps, trajectories.prompts))
+        groups = sample_groups(trajectories.metadata)
+        advantages = phase("advantage", lambda: self.advantages(rewards.heatmaps, trajectories.prompts, groups))
         keep = self.algorithm.keep(rewards.judged)
         stats = phase("update", lambda: self.update(Batch(trajectories, rewards.heatmaps, advantages, keep), epoch))
         evaluation = phase("evaluate", lambda: self.evaluate(epoch)) if evaluate else {}
@@ -190,11 +199,13 @@ class Trainer:
         """Trajectories of the current policy with the config's sampler settings (``pxpo.schedule.Sampler``)."""
         cfg = self.config.sample
         self.family.denoiser.eval()
+        epoch = metadata[0].get("epoch") if metadata else None  # None: evaluation, with the window where it is configured
+        groups = [item.get("group", i // cfg.group_size) for i, item in enumerate(metadata or [{} for _ in prompts])]
         with self.accelerator.autocast():
             return sample_trajectories(
                 self.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, noise_level=self.policy.noise_level,
                 generator=generator, height=cfg.height, width=cfg.width, initial_noise=initial_noise, metadata=metadata,
-                adapter_steps=self.config.adapter_steps,
+                adapter_steps=self.config.adapter_steps, sde_window=sde_window_starts(self.config, epoch, groups),
                 progress=desc is not None and self._show_progress, desc=desc or "sampling",
             )  # fmt: skip
 
@@ -203,12 +214,15 @@ class Trainer:
         """The reward of images [B, 3, H, W]: heatmaps [B, H, W] checked for shape and finiteness, and its terms."""
         return check_reward_output(self.reward_fn(images, list(prompts), list(metadata)), images, self.reward_name).to(images.device)
 
-    def advantages(self, heatmaps: torch.Tensor, prompts: Sequence[str]) -> torch.Tensor:
-        """The algorithm's advantages of this process's samples, normalised with statistics over all processes."""
+    def advantages(self, heatmaps: torch.Tensor, prompts: Sequence[str], groups: torch.Tensor | None = None) -> torch.Tensor:
+        """The algorithm's advantages of this process's samples, normalised with statistics over all processes: rewards,
+        prompts and GRPO group ids ``groups`` [B] (None: consecutive groups) are gathered in the global sample order,
+        normalised, and this process's rows returned."""
         acc = self.accelerator
         rewards = self.algorithm.rewards(heatmaps)
         all_prompts = gather_object(list(prompts)) if acc.num_processes > 1 else list(prompts)
-        advantages = self.algorithm.advantages(acc.gather(rewards), all_prompts)
+        all_groups = acc.gather(groups.to(acc.device)) if groups is not None else None
+        advantages = self.algorithm.advantages(acc.gather(rewards), all_prompts, all_groups)
         return advantages.reshape(acc.num_processes, -1, *rewards.shape[1:])[acc.process_index]
 
     # update ----------------------------------------------------------------------------------------
@@ -229,8 +243,11 @@ class Trainer:
         rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
         calls = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(timestep_chunks(cfg))
         grad_norms, steps = [], bar(total=calls, desc="training", enabled=self._show_progress)
+        order = list(training_batches(n, cfg, rng))
+        pairs = [torch.cat([getattr(call, key) for call in order]).to(device) for key in ("rows", "steps")]
+        self.algorithm.prepare(self.policy, batch, *pairs, epoch_seed(cfg.run.seed, epoch, "matching", acc.process_index))
         self.denoiser.train()
-        for call in training_batches(n, cfg, rng):
+        for call in order:
             raise_if_stopped()
             with acc.accumulate(self.denoiser):
                 output = self.algorithm.loss(self.policy, batch, call.rows.to(device), call.steps.to(device))
@@ -239,6 +256,8 @@ class Trainer:
                     grad_norms.append(float(acc.clip_grad_norm_(self.params, cfg.train.max_grad_norm)))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if self.ema is not None and acc.sync_gradients and not self.optimizer.step_was_skipped:
+                    self.ema.after_optimizer_step()
             for key in totals:
                 value = getattr(output, key)
                 totals[key] += (value.item() if value is not None else 0.0) * call.num_steps  # preserve: None when all was judged
@@ -264,8 +283,10 @@ class Trainer:
 
     @torch.no_grad()
     def eval_images(self, epoch: int) -> torch.Tensor:
-        """The current policy's images [N, 3, H, W] a person looks at after ``epoch`` epochs (``pxpo.schedule``)."""
-        return self.schedule.eval_images(epoch, self._sample)
+        """The current policy's images [N, 3, H, W] a person looks at after ``epoch`` epochs (``pxpo.schedule``); with
+        ``train.ema_decay > 0``, the EMA's weights make them."""
+        with self._averaged():
+            return self.schedule.eval_images(epoch, self._sample)
 
     # outputs ---------------------------------------------------------------------------------------
     def log_epoch(self, record: dict) -> None:
@@ -278,18 +299,27 @@ class Trainer:
             self.accelerator.log(numbers, step=record["epoch"])
 
     def save_checkpoint(self, epoch: int) -> None:
-        """Checkpoint (weights, optimizer, the algorithm's statistics) and the loadable LoRA or denoiser."""
+        """Checkpoint (weights, optimizer, the algorithm's statistics, the EMA) and the loadable LoRA or denoiser (the
+        EMA's weights when it is on)."""
         acc = self.accelerator
         acc.wait_for_everyone()
         if not acc.is_main_process:
             return
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds the torch optimizer
         trainable = trainable_state_dict(acc.unwrap_model(self.denoiser))
-        self.run.save_checkpoint(epoch, trainable, optimizer, self.algorithm.state_dict(), keep=self.config.run.keep_checkpoints)
+        state, ema = self.algorithm.state_dict(), None
+        if self.ema is not None:
+            state, ema = {**state, "ema": self.ema.counters()}, self.ema.tensors()
+        self.run.save_checkpoint(epoch, trainable, optimizer, state, keep=self.config.run.keep_checkpoints, ema=ema)
         self._save_weights()
 
     def _save_weights(self) -> None:
-        self.run.save_weights(self.family, self.accelerator.unwrap_model(self.denoiser), self.config.model.lora)
+        with self._averaged():
+            self.run.save_weights(self.family, self.accelerator.unwrap_model(self.denoiser), self.config.model.lora)
+
+    def _averaged(self) -> AbstractContextManager:
+        """Inside: the trained parameters hold the EMA's weights (``train.ema_decay > 0``; else the live weights)."""
+        return self.ema.swapped_in() if self.ema is not None else nullcontext()
 
     @property
     def _show_progress(self) -> bool:

@@ -12,18 +12,13 @@ from __future__ import annotations
 
 import torch
 
-from pxpo.advantages import heatmap_to_latent
-from pxpo.algorithms import Algorithm, Batch, register_algorithm
-from pxpo.losses import LossOutput, ddpo_loss, gaussian_kl, kl_to_reference, preservation, pxpo_loss, trust_region
+from pxpo.algorithms import Algorithm, Batch, PerImage, PerLocation, register_algorithm
+from pxpo.losses import LossOutput, gaussian_kl, kl_to_reference, preservation, trust_region
 from pxpo.rollout import Policy
 
 
 class PolicyGradient(Algorithm):
     """The clipped surrogate on recomputed log-probabilities, plus ``train.kl_coef`` times the KL to the reference."""
-
-    def surrogate(self, log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor) -> LossOutput:
-        """The clipped surrogate of per-element log-probs [b, C, h, w] against the rows' advantages."""
-        raise NotImplementedError
 
     def loss(self, policy: Policy, batch: Batch, rows: torch.Tensor, steps: torch.Tensor) -> LossOutput:
         trajectories, train = batch.trajectories, self.config.train
@@ -43,28 +38,14 @@ class PolicyGradient(Algorithm):
 
 
 @register_algorithm("pxpo")
-class PXPO(PolicyGradient):
+class PXPO(PerLocation, PolicyGradient):
     """Pixel-wise policy optimisation: every latent element weighted by the advantage at its own location."""
 
     default_clip_range = 2e-3  # per element: clips about the share DDPO's 1e-4 clips of element-mean ratios (docs/clip_range.md)
 
-    def rewards(self, heatmaps: torch.Tensor) -> torch.Tensor:
-        """[B, H, W] -> the heatmaps on the latent grid [B, 1, h, w] (``advantage.interpolation``)."""
-        return heatmap_to_latent(heatmaps, self.latent_shape[1:], self.config.advantage.interpolation)
-
-    def surrogate(self, log_prob, old_log_prob, advantages):
-        return pxpo_loss(log_prob, old_log_prob, advantages, self.config.train.clip_range)
-
 
 @register_algorithm("ddpo")
-class DDPO(PolicyGradient):
+class DDPO(PerImage, PolicyGradient):
     """DDPO (and GRPO with groups): one advantage per image, on the element-mean log-probability."""
 
     default_clip_range = 1e-4  # DDPO's, on the element-mean ratio
-
-    def rewards(self, heatmaps: torch.Tensor) -> torch.Tensor:
-        """[B, H, W] -> each image's mean pixel reward [B]."""
-        return heatmaps.mean(dim=(1, 2))
-
-    def surrogate(self, log_prob, old_log_prob, advantages):
-        return ddpo_loss(log_prob.mean(dim=(1, 2, 3)), old_log_prob.mean(dim=(1, 2, 3)), advantages, self.config.train.clip_range)

@@ -62,9 +62,13 @@ class ModelFamily:
     lora_targets: ClassVar[tuple[str, ...]]
     lora_layers_argument: ClassVar[str]  # the save_lora_weights keyword for the denoiser's layers
     lora_key_format: ClassVar[str] = "peft"  # "diffusers": keys converted as diffusers' UNet LoRA scripts do
+    sde_types: ClassVar[tuple[str, ...]] = ("sde",)  # the policy steps this family can take (``sample.sde_type``)
 
-    def __init__(self, pipe: DiffusionPipeline) -> None:
-        self.pipe = pipe
+    def __init__(self, pipe: DiffusionPipeline, sde_type: str = "sde") -> None:
+        if sde_type not in self.sde_types:
+            expected = " or ".join(repr(kind) for kind in self.sde_types)
+            raise ValueError(f"sample.sde_type = {sde_type!r}: a {type(pipe).__name__} ({self.name} family) samples with {expected} only")
+        self.pipe, self.sde_type = pipe, sde_type
         self.prepare_scheduler()
 
     # components -------------------------------------------------------------------------------------
@@ -156,6 +160,10 @@ class ModelFamily:
         """One policy step with its per-element log-probability."""
         raise NotImplementedError
 
+    def deterministic_step(self, model_output: torch.Tensor, timestep: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The sampler's deterministic step [B, C, h, w] (DDIM at eta = 0, the flow ODE): the steps outside an SDE window."""
+        raise NotImplementedError
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Final latents [B, C, h, w] -> float32 images [B, 3, H, W] in [0, 1]."""
         raise NotImplementedError
@@ -185,24 +193,30 @@ class ModelFamily:
 
 
 def guided_call(
-    call: Callable[..., torch.Tensor], inputs: dict[str, torch.Tensor], negatives: dict[str, torch.Tensor] | None, guidance_scale: float
+    call: Callable[..., torch.Tensor],
+    inputs: dict[str, torch.Tensor],
+    negatives: dict[str, torch.Tensor] | None,
+    guidance_scale: float,
+    rescale: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Classifier-free guidance around a denoiser call: ``call(**inputs)`` [B, ...] alone when there is no guidance
     (``negatives`` None or ``guidance_scale`` <= 1); otherwise one call on the unconditional and conditional halves
     batched together [2B, ...] (``negatives`` replaces the inputs it names, the others are repeated), mixed as
-    uncond + w * (cond - uncond)."""
+    uncond + w * (cond - uncond), then ``rescale(mixed, cond)`` when given (Qwen-Image rescales to cond's norm)."""
     if negatives is None or guidance_scale <= 1:
         return call(**inputs)
     both = call(**{key: torch.cat([negatives.get(key, value), value]) for key, value in inputs.items()})
     uncond, cond = both.chunk(2)
-    return uncond + guidance_scale * (cond - uncond)
+    mixed = uncond + guidance_scale * (cond - uncond)
+    return mixed if rescale is None else rescale(mixed, cond)
 
 
-def family_for(pipe: DiffusionPipeline) -> ModelFamily:
-    """The family of a pipeline, detected from its class (or a base class); a clear error if unsupported."""
+def family_for(pipe: DiffusionPipeline, sde_type: str = "sde") -> ModelFamily:
+    """The family of a pipeline, detected from its class (or a base class), taking ``sde_type`` policy steps
+    (``sample.sde_type``); a clear error if unsupported."""
     for cls in type(pipe).__mro__:
         if cls.__name__ in _FAMILIES:
-            return _FAMILIES[cls.__name__](pipe)
+            return _FAMILIES[cls.__name__](pipe, sde_type)
     raise ValueError(
         f"pxpo cannot train a {type(pipe).__name__}: supported pipeline classes are {', '.join(supported_pipelines())}"
     )
@@ -214,6 +228,6 @@ def as_family(model: DiffusionPipeline | ModelFamily) -> ModelFamily:
 
 
 # The built-in families register themselves on import.
-from pxpo.families import flux, sd, sd3  # noqa: E402,F401
+from pxpo.families import flux, flux2, qwen_image, sd, sd3, sdxl, z_image  # noqa: E402,F401
 
 __all__ = ["ModelFamily", "as_family", "family_for", "register_family", "supported_pipelines"]

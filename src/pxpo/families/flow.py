@@ -8,11 +8,16 @@ from diffusers import FlowMatchEulerDiscreteScheduler
 
 from pxpo.diffusers_private import calculate_shift
 from pxpo.families import ModelFamily
-from pxpo.sampling import Generator, StepOutput, flow_step_with_logprob
+from pxpo.sampling import Generator, StepOutput, cps_step_with_logprob, flow_ode_step, flow_step_with_logprob
+
+POLICY_STEPS = {"sde": flow_step_with_logprob, "cps": cps_step_with_logprob}  # sample.sde_type -> the flow families' policy step
 
 
 class FlowMatchingFamily(ModelFamily):
-    """A velocity-predicting transformer sampled by Flow-GRPO's SDE (``flow_step_with_logprob``)."""
+    """A velocity-predicting transformer sampled by Flow-GRPO's SDE (``flow_step_with_logprob``, sde_type "sde") or by
+    coefficients-preserving sampling (``cps_step_with_logprob``, sde_type "cps")."""
+
+    sde_types = tuple(POLICY_STEPS)
 
     denoiser_name = "transformer"
     lora_targets = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -59,7 +64,10 @@ class FlowMatchingFamily(ModelFamily):
         return noise_level
 
     def step(self, model_output, timestep, sample, noise_level, prev_sample=None, generator: Generator = None) -> StepOutput:
-        return flow_step_with_logprob(self.pipe.scheduler, model_output, timestep, sample, noise_level, prev_sample, generator)
+        return POLICY_STEPS[self.sde_type](self.pipe.scheduler, model_output, timestep, sample, noise_level, prev_sample, generator)
+
+    def deterministic_step(self, model_output, timestep, sample):
+        return flow_ode_step(self.pipe.scheduler, model_output, timestep, sample)
 
     def unscale(self, latents: torch.Tensor) -> torch.Tensor:
         """Model-space latents -> VAE latents: latents / scaling_factor + shift_factor."""

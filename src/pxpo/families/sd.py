@@ -67,6 +67,9 @@ class StableDiffusionFamily(ModelFamily):
     def step(self, model_output, timestep, sample, noise_level, prev_sample=None, generator: Generator = None) -> StepOutput:
         return ddim_step_with_logprob(self.pipe.scheduler, model_output, timestep, sample, noise_level, prev_sample, generator)
 
+    def deterministic_step(self, model_output, timestep, sample):
+        return self.pipe.scheduler.step(model_output, timestep, sample, eta=0.0).prev_sample.float()  # DDIM's step is stateless
+
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         vae = self.pipe.vae
         images = vae.decode(latents.to(vae.dtype) / vae.config.scaling_factor).sample
