@@ -1,10 +1,14 @@
 """TRL 0.23.1's DDPOTrainer on a local pipeline folder, timed per epoch. Run by benchmarks/peer_trl.py with the
 Python of .venv-trl (TRL removed DDPO in 0.24; pxpo is not installed there: _common's top level needs the standard
-library only). Prints one JSON line per epoch."""
+library only). Prints one JSON line per epoch; with ``--save-lora DIR``, also writes the LoRA after each epoch (untimed) as
+DIR/epoch_N.safetensors, named as pxpo names its trainable parameters (the same peft adapter on the same modules), so
+that benchmarks/time_to_reward.py scores TRL's policy with pxpo's evaluation."""
 
 import _common as bench
 
+import os
 import time
+from pathlib import Path
 
 from accelerate import PartialState
 
@@ -18,6 +22,7 @@ def main() -> None:
     for name, kind in [("model", str), ("samples", int), ("train_batch_size", int), ("steps", int), ("epochs", int),
                        ("guidance_scale", float), ("learning_rate", float), ("prompt", str), ("seed", int)]:
         parser.add_argument(f"--{name.replace('_', '-')}", type=kind, required=True)
+    parser.add_argument("--save-lora", help="folder for the LoRA after each epoch (not timed)")
     args = bench.parse(parser)
     config = DDPOConfig(
         num_epochs=args.epochs,
@@ -49,7 +54,20 @@ def main() -> None:
     for epoch in range(args.epochs):
         start = time.perf_counter()
         global_step = trainer.step(epoch, global_step)
-        bench.print_epoch(epoch, time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        if args.save_lora:
+            save_lora(pipeline.sd_pipeline.unet, Path(args.save_lora) / f"epoch_{epoch + 1}.safetensors")
+        bench.print_epoch(epoch, seconds)
+
+
+def save_lora(unet, path: Path) -> None:
+    """The UNet's trainable (LoRA) parameters by name, as safetensors, written atomically."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {name: p.detach().contiguous() for name, p in unet.named_parameters() if p.requires_grad}
+    save_file(state, str(path) + ".tmp")
+    os.replace(str(path) + ".tmp", path)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ def test_speed_smoke(tmp_path):
     out = tmp_path / "speed.md"
     stdout = run("speed.py", "--model", "tiny-random", "--samples", "2", "--train-batch-size", "2", "--steps", "2", "--epochs", "1", "--out", str(out))
     report = out.read_text()
-    assert "PXPO / scalar time per epoch" in stdout and "denoiser_forward_sampling" in report and "Command: `python benchmarks/speed.py" in report
+    assert "Time per epoch: ddpo / pxpo" in stdout and "denoiser_forward_sampling" in report and "Command: `python benchmarks/speed.py" in report
     # the hooks saw the models' compute: every model part was timed (the blue penalty's reward is plain arithmetic)
     row = next(line for line in report.splitlines() if line.startswith("| pxpo |")).split("|")[1:-1]
     parts = dict(zip(["algorithm", "total", "per_sample", "sampling", "vae", "reward", "training", "backward", "optimizer", "other"], row))
@@ -53,8 +53,10 @@ def test_speed_smoke(tmp_path):
 def test_speed_smoke_flow_family(tmp_path):
     out = tmp_path / "speed.md"
     stdout = run("speed.py", "--model", "tiny-random-sd3", "--samples", "4", "--group-size", "2", "--train-batch-size", "2",
-                 "--steps", "2", "--epochs", "1", "--out", str(out))
-    assert "PXPO / scalar time per epoch" in stdout and "`tiny-random-sd3`" in out.read_text()
+                 "--steps", "3", "--epochs", "1", "--algorithms", "pxpo", "pxawm", "--set", "sample.sde_window=[1, 2]", "--out", str(out))
+    report = out.read_text()
+    assert "Time per epoch: pxawm / pxpo" in stdout and "`tiny-random-sd3`" in report and "| pxawm |" in report
+    assert "with sample.sde_window=[1, 2]" in report
 
 
 def test_flow_sample_efficiency_smoke(tmp_path):
@@ -157,3 +159,36 @@ def test_locality_smoke_and_report_from_rows(tmp_path):
     run("locality.py", "--rows", str(out.with_suffix(".json")), "--out", str(again))  # a report from stored rows alone
     assert json.loads(again.with_suffix(".json").read_text())["summary"] == result["summary"]
     assert out.with_suffix(".png").stat().st_size > 0 and "## painted, pxpo-tiny-flow" in again.with_suffix(".md").read_text()
+
+
+def _time_to(curve, threshold, key):
+    """Hand-written reference: the first crossing of ``threshold`` by the eval reward, linear between epochs."""
+    if curve[0]["eval_reward"] >= threshold:
+        return curve[0][key]
+    for a, b in zip(curve, curve[1:]):
+        if b["eval_reward"] >= threshold:
+            return a[key] + (threshold - a["eval_reward"]) / (b["eval_reward"] - a["eval_reward"]) * (b[key] - a[key])
+    return None
+
+
+def test_time_to_reward_smoke_flow(tmp_path):
+    # The tiny task's baseline is TRL (its own venv): CI runs the flow task, every method, 1 seed, 2 epochs.
+    run("time_to_reward.py", "--tasks", "flow", "--seeds", "0", "--epochs", "2", "--steps", "2", "--eval-seeds", "2",
+        "--model-flow", "tiny-random-sd3", "--tweak", "awm=train.learning_rate=1e-3", "--out", str(tmp_path))  # fmt: skip
+    report = (tmp_path / "time_to_reward_flow.md").read_text()
+    assert "Command: `python benchmarks/time_to_reward.py --tasks flow" in report and "awm=train.learning_rate=1e-3" in report
+    assert (tmp_path / "time_to_reward_flow.png").stat().st_size > 0 and "World-quality score" in report
+    stored = json.loads((tmp_path / "time_to_reward_flow.json").read_text())
+    assert_provenance(stored, "time_to_reward.py")
+    runs = {method: seeds["0"] for method, seeds in stored["runs"].items()}
+    assert set(runs) == {"pxpo", "pxpo_window", "pxawm", "grpo", "awm"}
+    # one evaluation for all: before training every method scores the same base model on the same seeds
+    assert len({(c[0]["eval_reward"], c[0]["quality"]) for c in runs.values()}) == 1
+    assert stored["threshold"] == runs["grpo"][-1]["eval_reward"]  # the baseline's final reward (one seed)
+    for method, curve in runs.items():
+        assert [e["epoch"] for e in curve] == [0, 1, 2] and [e["queries"] for e in curve] == [0, 8, 16]
+        assert curve[0]["elapsed"] == 0 and all(b["elapsed"] > a["elapsed"] for a, b in zip(curve, curve[1:]))  # timed epochs
+        summary = stored["methods"][method]
+        for key, field in (("elapsed", "seconds"), ("queries", "queries")):
+            expected = _time_to(curve, stored["threshold"], key)
+            assert summary[field][0] == (None if expected is None else pytest.approx(expected))
