@@ -119,7 +119,7 @@ def test_with_several_optimiser_steps_the_old_likelihood_is_the_sampling_policys
     assert torch.equal(~torch.isnan(algorithm.old).flatten(2).any(dim=2), visited)
     rows, steps = calls[0].rows, calls[0].steps
     with torch.no_grad():
-        torch.testing.assert_close(algorithm.old[rows, steps], algorithm.likelihood(policy, batch, rows, steps)[0])
+        torch.testing.assert_close(algorithm.old[rows, steps], algorithm.likelihood(policy, batch, rows, steps, algorithm.noise(batch, rows, steps))[0])
         for name, p in family.denoiser.named_parameters():
             if "lora_B" in name:
                 p.add_(0.05)  # the weights move (an optimiser step)

@@ -386,11 +386,9 @@ class Config(_Section):
             raise ValueError(f"sample.noise_level = {sample.noise_level}: sample.sde_type = 'cps' needs a noise level in (0, 1] (CPS's eta)")
         if sample.num_steps < 2:
             raise ValueError(f"sample.num_steps = {sample.num_steps}: sample.sde_type = 'cps' needs at least 2 (its last step is deterministic)")
-        from pxpo.algorithms import algorithm_class
-
         windows = {"train.step_window": self.train.step_window, "sample.sde_window": sample.sde_window}
         for key, window in windows.items():
-            if window is not None and window[1] > self.policy_steps and algorithm_class(self.train.algorithm).needs_log_probs:
+            if window is not None and window[1] > self.policy_steps and self.trains_log_probs:
                 raise ValueError(
                     f"{key} = {window} ends with the last step, which sample.sde_type = 'cps' takes deterministically (no "
                     f"log-probability to train on): end it at {self.policy_steps} at most"
@@ -405,9 +403,7 @@ class Config(_Section):
             return
         if len(window) != 2 or not 0 <= window[0] <= window[1] <= steps:
             raise ValueError(f"sample.sde_window = {window}: expected [start, end] with 0 <= start <= end <= sample.num_steps = {steps}")
-        from pxpo.algorithms import algorithm_class
-
-        if window[0] == window[1] and algorithm_class(self.train.algorithm).needs_log_probs:
+        if window[0] == window[1] and self.trains_log_probs:
             raise ValueError(
                 f"sample.sde_window = {window} is empty (every step deterministic): train.algorithm = {self.train.algorithm!r} "
                 "trains on the stochastic steps' log-probabilities; give at least one step, or use a forward-process algorithm (awm)"
@@ -450,13 +446,19 @@ class Config(_Section):
         """(start, end) of the trained steps, as indices of the steps a trajectory stores (``Trajectories.step_of`` maps
         them to denoising steps): train.step_window, or every stored step (the SDE window's, or all but CPS's deterministic
         last step). A forward-process algorithm trains on the sampler's timesteps themselves: every step (or the step window)."""
-        from pxpo.algorithms import algorithm_class
-
         if self.train.step_window is not None:
             return tuple(self.train.step_window)
-        if not algorithm_class(self.train.algorithm).needs_log_probs:
+        if not self.trains_log_probs:
             return (0, self.sample.num_steps)
         return (0, self.sde_steps if self.sample.sde_window is not None else self.policy_steps)
+
+    @property
+    def trains_log_probs(self) -> bool:
+        """Whether train.algorithm trains on the sampled steps' log-probabilities (a policy gradient), not on the final
+        latents alone (a forward-process algorithm, which may sample every step deterministically)."""
+        from pxpo.algorithms import algorithm_class
+
+        return algorithm_class(self.train.algorithm).needs_log_probs
 
     @property
     def policy_steps(self) -> int:

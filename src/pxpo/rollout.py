@@ -233,20 +233,24 @@ class Policy:
     @torch.no_grad()
     def reference_log_prob(self, trajectories: Trajectories, rows: torch.Tensor, steps: torch.Tensor) -> StepOutput:
         """The reference policy's step: the same weights with the LoRA adapters switched off (no gradient)."""
-        denoiser = self.unwrapped if self.unwrapped is not None else self.denoiser
-        with adapters_off(denoiser), self.autocast():
+        with adapters_off(self.reference_denoiser), self.autocast():
             return recompute_log_prob(
-                self.family, denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale, noise_level=self.noise_level
-            )
+                self.family, self.reference_denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale,
+                noise_level=self.noise_level,
+            )  # fmt: skip
 
+    @property
+    def reference_denoiser(self) -> torch.nn.Module:
+        """The unwrapped network, which holds the LoRA adapters that the reference policy switches off."""
+        return self.unwrapped if self.unwrapped is not None else self.denoiser
 
     def velocity(self, trajectories: Trajectories, rows: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor, reference: bool = False):
         """(v, target) of ``velocity_on_forward_process``: the current policy's, with gradients, or the reference
         policy's (the LoRA off, no gradient)."""
         if reference:
-            denoiser = self.unwrapped if self.unwrapped is not None else self.denoiser
-            with torch.no_grad(), adapters_off(denoiser), self.autocast():
-                return velocity_on_forward_process(self.family, denoiser, trajectories, rows, steps, noise, guidance_scale=self.guidance_scale)
+            with torch.no_grad(), adapters_off(self.reference_denoiser), self.autocast():
+                return velocity_on_forward_process(self.family, self.reference_denoiser, trajectories, rows, steps, noise,
+                                                   guidance_scale=self.guidance_scale)  # fmt: skip
         with self.autocast():
             return velocity_on_forward_process(self.family, self.denoiser, trajectories, rows, steps, noise, guidance_scale=self.guidance_scale)
 

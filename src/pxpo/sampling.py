@@ -353,7 +353,5 @@ def _cat_optional(tensors: Sequence[torch.Tensor | None]) -> torch.Tensor | None
 def flow_ode_step(scheduler: FlowMatchEulerDiscreteScheduler, model_output: torch.Tensor, timestep: float | torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
     """The flow ODE's Euler step x + (sigmas[i + 1] - sigmas[i]) v [B, ...]: the deterministic sampler outside an SDE
     window (what ``FlowMatchEulerDiscreteScheduler.step`` computes, without its internal step counter)."""
-    index = flow_step_index(scheduler, timestep, sample.shape[0])
-    sigmas = scheduler.sigmas.float().cpu()
-    dt = (sigmas[index + 1] - sigmas[index]).reshape((-1,) + (1,) * (sample.ndim - 1)).to(sample.device)
-    return sample.float() + dt * model_output.float()
+    _, sigma, sigma_next = _flow_sigmas(scheduler, model_output, timestep, sample, "flow_ode_step")
+    return sample.float() + (sigma_next - sigma) * model_output.float()

@@ -200,7 +200,7 @@ class Trainer:
         cfg = self.config.sample
         self.family.denoiser.eval()
         epoch = metadata[0].get("epoch") if metadata else None  # None: evaluation, with the window where it is configured
-        groups = [item.get("group", i // cfg.group_size) for i, item in enumerate(metadata or [{} for _ in prompts])]
+        groups = sample_groups(metadata).tolist() if metadata else [0] * len(prompts)  # evaluation: no groups
         with self.accelerator.autocast():
             return sample_trajectories(
                 self.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, noise_level=self.policy.noise_level,
@@ -241,9 +241,8 @@ class Trainer:
             return {**totals, "grad_norm": 0.0}
         n, device = len(batch.trajectories), batch.trajectories.latents.device
         rng = torch.Generator().manual_seed(epoch_seed(cfg.run.seed, epoch, "shuffle", acc.process_index))
-        calls = cfg.train.num_inner_epochs * (n // cfg.train.batch_size) * len(timestep_chunks(cfg))
-        grad_norms, steps = [], bar(total=calls, desc="training", enabled=self._show_progress)
         order = list(training_batches(n, cfg, rng))
+        grad_norms, steps = [], bar(total=len(order), desc="training", enabled=self._show_progress)
         pairs = [torch.cat([getattr(call, key) for call in order]).to(device) for key in ("rows", "steps")]
         self.algorithm.prepare(self.policy, batch, *pairs, epoch_seed(cfg.run.seed, epoch, "matching", acc.process_index))
         self.denoiser.train()

@@ -71,22 +71,28 @@ class Matching(Algorithm):
         with torch.no_grad():
             for chunk in pairs.split(train.batch_size * train.timesteps_per_forward):  # the update's call size
                 chunk_rows, chunk_steps = (chunk // num_steps).to(device), (chunk % num_steps).to(device)
-                self.old[chunk_rows, chunk_steps] = self.likelihood(policy, batch, chunk_rows, chunk_steps)[0]
+                noise = self.noise(batch, chunk_rows, chunk_steps)
+                self.old[chunk_rows, chunk_steps] = self.likelihood(policy, batch, chunk_rows, chunk_steps, noise)[0]
 
-    def likelihood(self, policy: Policy, batch: Batch, rows: torch.Tensor, steps: torch.Tensor, reference: bool = False):
-        """(l [b, C, h, w], v [b, C, h, w]): the matching log-likelihood of the pairs and the velocity behind it."""
-        noise = pair_noise(self.seed, rows, steps, self.latent_shape, batch.trajectories.latents.device)
-        velocity, target = policy.velocity(batch.trajectories, rows, steps, noise, reference=reference)
+    def noise(self, batch: Batch, rows: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """This epoch's forward-process noise eps [b, C, h, w] of the (sample, step) pairs (``pair_noise``)."""
+        return pair_noise(self.seed, rows, steps, self.latent_shape, batch.trajectories.latents.device)
+
+    def likelihood(self, policy: Policy, batch: Batch, rows: torch.Tensor, steps: torch.Tensor, noise: torch.Tensor):
+        """(l [b, C, h, w], v [b, C, h, w]): the current policy's matching log-likelihood of the pairs, noised with
+        ``noise``, and the velocity behind it."""
+        velocity, target = policy.velocity(batch.trajectories, rows, steps, noise)
         return matching_log_likelihood(velocity, target), velocity
 
     def loss(self, policy: Policy, batch: Batch, rows: torch.Tensor, steps: torch.Tensor) -> LossOutput:
         train = self.config.train
-        log_likelihood, velocity = self.likelihood(policy, batch, rows, steps)
+        noise = self.noise(batch, rows, steps)  # drawn once: the policy and its reference see the same x_t
+        log_likelihood, velocity = self.likelihood(policy, batch, rows, steps, noise)
         old = log_likelihood.detach() if self.old is None else self.old[rows, steps]
         output = self.surrogate(log_likelihood, old, batch.advantages[rows])
         preserve_base = batch.keep is not None and train.preserve_reference == "base"
         if train.kl_coef > 0 or preserve_base:
-            _, base = self.likelihood(policy, batch, rows, steps, reference=True)
+            base, _ = policy.velocity(batch.trajectories, rows, steps, noise, reference=True)
             velocity_kl = (velocity - base) ** 2  # per element: the KL of two flow policies' steps, up to a time weight
         if train.kl_coef > 0:
             output.kl = velocity_kl.mean()
