@@ -1,7 +1,9 @@
 """Does feedback stay where it was given? Reward gain against the change outside the judged region.
 
 Three tasks on each bundled model, for PXPO without and with preservation (``train.preserve_coef``, to the base
-policy and to the sampling policy, several coefficients) and the scalar baseline (DDPO; GRPO with groups):
+policy and to the sampling policy, several coefficients), with the LoRA acting only where the reward judges the image
+(``train.regional_adapter``, --regional), with late step windows (--late), and the scalar baseline (DDPO; GRPO with
+groups):
 
 - painted: the app's session (single image, ``pxpo.app.sessions.session_config``); the simulated annotator paints
   +2 on trees and -2 on water of the shown image, --painted-steps steps. Per step: mean |pixel change| (RGB in
@@ -18,6 +20,7 @@ Writes OUT.md, OUT.json and OUT.png (gain against outside change, one curve per 
 first, on-policy optimiser step).
 
     python benchmarks/locality.py [--models pxpo-tiny pxpo-tiny-flow] [--tasks painted hair class] [--seeds 0 1 2]
+    python benchmarks/locality.py --tasks painted --base-coefs --sampling-coefs --regional 0.01 0.03   (the app's default)
 """
 
 from __future__ import annotations
@@ -41,18 +44,29 @@ CLASS_TASK = ["sample.prompts=['nature landscape']", "reward.name='colour_channe
 
 
 def methods(base_coefs: list[float], sampling_coefs: list[float], inner_epochs: list[int], late: list[float], steps: int,
-            late_preserve: float | None = None) -> dict[str, list[str]]:  # fmt: skip
-    """Method label -> config overrides (``steps``: the task's denoising steps, for the late windows)."""
+            late_preserve: float | None = None, regional: list[float] = (), regional_kl: list[float] = (),
+            single_image: bool = False) -> dict[str, list[str]]:  # fmt: skip
+    """Method label -> config overrides (``steps``: the task's denoising steps, for the late windows; ``regional``: the
+    regional adapter at these learning rates, with ``regional_kl`` KL coefficients too, and on the ``late`` windows (for a
+    single image, the painted task, on the last half of the steps when no window is given))."""
     out = {"scalar": ["train.algorithm='ddpo'"], "pxpo": []}
     out |= {f"base {c:g}": [f"train.preserve_coef={c}", "train.preserve_reference='base'"] for c in base_coefs}
     out |= {f"sampling {c:g}": [f"train.preserve_coef={c}", "train.preserve_reference='sampling'"] for c in sampling_coefs}
     out |= {f"pxpo, {n} inner epochs": [f"train.num_inner_epochs={n}"] for n in inner_epochs}  # the other levers tried
+    windows = {}
     for fraction in late:  # the LoRA acts on, and is trained on, the last steps only
         length = max(1, round(steps * fraction))  # the window's steps, all in one denoiser call (the same gradient)
-        window = [f"train.step_window=[{steps - length}, {steps}]", f"train.timesteps_per_forward={length}"]
+        window = windows[fraction] = [f"train.step_window=[{steps - length}, {steps}]", f"train.timesteps_per_forward={length}"]
         out[f"pxpo, last {fraction:.0%} of steps"] = window
         if late_preserve:
             out[f"pxpo, last {fraction:.0%}, base {late_preserve:g}"] = [*window, f"train.preserve_coef={late_preserve}", "train.preserve_reference='base'"]
+    for lr in regional:  # the LoRA acts only where judged (the app's default: on the last half, lr 3e-2)
+        adapter = ["train.regional_adapter=true", f"train.learning_rate={lr}"]
+        out[f"pxpo, regional, lr {lr:g}"] = adapter
+        out |= {f"pxpo, regional, lr {lr:g}, kl {c:g}": [*adapter, f"train.kl_coef={c}"] for c in regional_kl}
+        if single_image and not windows:
+            windows = {0.5: [f"train.step_window=[{steps // 2}, {steps}]", f"train.timesteps_per_forward={steps - steps // 2}"]}
+        out |= {f"pxpo, regional, last {fraction:.0%}, lr {lr:g}": [*adapter, *window] for fraction, window in windows.items()}
     return out
 
 
@@ -69,7 +83,7 @@ class JudgedMaps(Callback):
 
 def painted(model: str, seed: int, overrides: list[str], folder: Path, steps: int) -> dict:
     """Inside / outside change per painted step of an app session, averaged over the steps."""
-    config = session_config(model, "nature landscape", seed, folder / "s", timesteps_per_forward=20)
+    config = session_config(model, "nature landscape", seed, folder / "s", timesteps_per_forward=20, regional=False)  # methods add theirs
     maps = JudgedMaps()
     trainer = bench.build_trainer(config, ["reward.name='simulated_annotator'", *overrides], callbacks=[maps])
     trainer.begin()
@@ -141,7 +155,8 @@ def report(summary: list[dict], args, sources: list[str]) -> list[str]:
     lines = ["# Locality: does feedback stay where it was given?", "",
              f"{len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), mean ± std. Methods: scalar (DDPO/GRPO), PXPO, PXPO with "
              "`train.preserve_coef` c to the base policy ('base c') or to the sampling policy ('sampling c'), PXPO with the LoRA on the "
-             "last steps only (`train.step_window`). What each task measures: the docstring of benchmarks/locality.py. The runs "
+             "last steps only (`train.step_window`), PXPO with the LoRA acting only where the reward judges the image "
+             "(`train.regional_adapter`, 'regional'). What each task measures: the docstring of benchmarks/locality.py. The runs "
              "(settings in their command lines):", "", *(f"- `{command}`" for command in sources), ""]  # fmt: skip
     for model in args.models:
         for task in args.tasks:
@@ -180,9 +195,10 @@ def plot(summary: list[dict], args) -> None:
                     ax.annotate(e["method"].split()[-1] if e["method"] != "pxpo" else "0", (e["outside"][0], e["gain"][0]), fontsize=7)
             for e in (e for e in entries if e["method"] == "scalar"):
                 ax.errorbar(e["outside"][0], e["gain"][0], xerr=e["outside"][1], yerr=e["gain"][1], marker="s", color="black", label="scalar")
-            for e in (e for e in entries if e["method"].startswith("pxpo, ")):  # other levers
-                ax.errorbar(e["outside"][0], e["gain"][0], xerr=e["outside"][1], yerr=e["gain"][1], marker="^", color="grey")
-                ax.annotate(e["method"].removeprefix("pxpo, "), (e["outside"][0], e["gain"][0]), fontsize=7, color="grey")
+            for e in (e for e in entries if e["method"].startswith("pxpo, ")):  # other levers; the regional adapter in green
+                colour = "tab:green" if "regional" in e["method"] else "grey"
+                ax.errorbar(e["outside"][0], e["gain"][0], xerr=e["outside"][1], yerr=e["gain"][1], marker="^", color=colour)
+                ax.annotate(e["method"].removeprefix("pxpo, "), (e["outside"][0], e["gain"][0]), fontsize=7, color=colour)
             unit = "RGB in [0, 1]" if task == "painted" else "0-255"
             gain = "change inside the painted pixels" if task == "painted" else "reward gain"
             bench.label(ax, x=f"change outside the judged pixels ({unit})", y=gain, title=f"{task}, {model}", legend_size=7)
@@ -203,6 +219,9 @@ def main() -> None:
     parser.add_argument("--inner-epochs", type=int, nargs="*", default=[], help="also PXPO without preservation at these inner epochs")
     parser.add_argument("--late", type=float, nargs="*", default=[], help="also PXPO with the LoRA on the last FRACTION of the steps only")
     parser.add_argument("--late-preserve", type=float, help="also each late window with preserve_coef C to the base")
+    parser.add_argument("--regional", type=float, nargs="*", default=[], help="also the regional adapter at these learning rates")
+    parser.add_argument("--regional-kl", type=float, nargs="*", default=[], help="also the regional adapter with these kl_coef values")
+    parser.add_argument("--only", nargs="+", metavar="PREFIX", help="run only the methods whose label starts with one of these")
     parser.add_argument("--rows", nargs="+", metavar="JSON", help="report the rows of earlier runs' OUT.json / OUT.rows.json files instead of running")
     args = bench.parse(parser)
 
@@ -212,18 +231,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models if not args.rows else ():
             for task in args.tasks:
-                base = session_config(model, "nature landscape", 0, Path(tmp) / "probe") if task == "painted" else CONFIGS[model][task]
+                base = session_config(model, "nature landscape", 0, Path(tmp) / "probe", regional=False) if task == "painted" else CONFIGS[model][task]
                 steps = bench.load_config(base, args.overrides).sample.num_steps  # the task's steps, for the late windows
-                chosen = methods(args.base_coefs, args.sampling_coefs, args.inner_epochs, args.late, steps, args.late_preserve)
+                chosen = methods(args.base_coefs, args.sampling_coefs, args.inner_epochs, args.late, steps, args.late_preserve,
+                                 args.regional, args.regional_kl, single_image=task == "painted")  # fmt: skip
+                if args.only:
+                    chosen = {label: o for label, o in chosen.items() if label.startswith(tuple(args.only))}
                 for order, (method, overrides) in enumerate(chosen.items()):
                     for seed in args.seeds:
                         start = bench.elapsed()
                         folder = Path(tmp) / f"{model}-{task}-{order}-{seed}"
                         if task == "painted":
-                            result = painted(model, seed, [*overrides, *args.overrides], folder, args.painted_steps)
+                            result = painted(model, seed, [*args.overrides, *overrides], folder, args.painted_steps)
                         else:
                             run = hair if task == "hair" else one_class
-                            result = run(model, seed, [*overrides, *args.overrides], folder, args.epochs, args.eval_seeds)
+                            result = run(model, seed, [*args.overrides, *overrides], folder, args.epochs, args.eval_seeds)
                         rows.append({"model": model, "task": task, "method": method, "seed": seed, "order": order, **result,
                                      "seconds": bench.elapsed() - start})  # fmt: skip
                         bench.write_json(Path(args.out).with_suffix(".rows.json"), {"rows": rows})  # what a cut-off run keeps

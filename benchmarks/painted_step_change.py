@@ -38,7 +38,7 @@ def shown(trainer: Trainer, step: int) -> np.ndarray:
 
 def run(model: str, seed: int, mode: str, steps: int, folder: Path, learning_rate: float, overrides: list[str]) -> tuple[list[dict], Trainer]:
     """One session: ``steps`` painted steps, then one all-zero step; per step the change inside/outside the map (and the trainer)."""
-    config = session_config(model, "nature landscape", seed, folder / f"{mode}_{seed}", learning_rate, timesteps_per_forward=20)
+    config = session_config(model, "nature landscape", seed, folder / f"{mode}_{seed}", learning_rate, timesteps_per_forward=20, regional=False)
     annotator = simulated_annotator(increase=["tree"], decrease=["water"])
     maps: list[np.ndarray] = []
 

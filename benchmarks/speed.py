@@ -8,12 +8,16 @@ hooks (forward hooks on the denoiser and the VAE's decoder, the optimizer's step
 backward pass a hook on the denoiser's output gradient, where its backward starts, and a multi-grad hook
 on the trainable parameters, where it ends). A denoiser forward counts as training in the update phase.
 ``--algorithms`` picks the trainers (default PXPO and DDPO/GRPO; also awm, pxawm); each later one's time is given as a
-ratio to the first's. Timings on shared machines are noisy: compare by ratios from the same run.
+ratio to the first's. A label ALGORITHM+NAME is that algorithm with the settings ``--tweak ALGORITHM+NAME=SECTION.KEY=VALUE``
+(repeatable), e.g. the preservation term or the regional adapter beside plain PXPO. Timings on shared machines are
+noisy: compare by ratios from the same run.
 
     python benchmarks/speed.py --samples 8 --steps 20 --epochs 3 --out docs/benchmarks/speed.md
     python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --out docs/benchmarks/speed_flow.md
     python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --algorithms pxpo ddpo pxawm awm \
         --set 'sample.sde_window=[3, 5]' --out docs/benchmarks/speed_window.md
+    python benchmarks/speed.py --model pxpo-tiny-flow --steps 10 --group-size 4 --algorithms pxpo pxpo+base pxpo+regional \
+        --tweak pxpo+base=train.preserve_coef=1 --tweak pxpo+regional=train.regional_adapter=true --set ...
     python benchmarks/speed.py --model sd15-random --height 512 ...   (GPU: SD v1.5 size, random weights)
 """
 
@@ -123,7 +127,7 @@ class Timer(Callback):
         self.parts[part] += now() - start
 
 
-def build_trainer(algorithm: str, args, folder: str, timer: Timer) -> Trainer:
+def build_trainer(label: str, args, folder: str, timer: Timer) -> Trainer:
     pipeline = None
     if args.model == "sd15-random":
         from pxpo.world.architecture import build_sd15_random_pipeline
@@ -133,13 +137,18 @@ def build_trainer(algorithm: str, args, folder: str, timer: Timer) -> Trainer:
         "model": {"pretrained": args.model, "gradient_checkpointing": args.gradient_checkpointing, "mixed_precision": args.mixed_precision},
         "sample": {"num_steps": args.steps, "batch_size": args.samples, "height": args.height, "width": args.height,
                    "group_size": args.group_size},
-        "train": {"algorithm": algorithm, "batch_size": args.train_batch_size, "timesteps_per_forward": min(args.timesteps_per_forward, args.steps)},
+        "train": {"algorithm": label.split("+")[0], "batch_size": args.train_batch_size, "timesteps_per_forward": min(args.timesteps_per_forward, args.steps)},
         "advantage": {"normalization": "group" if args.group_size > 1 else "batch"},
         "eval": {"seeds": [0]},
         "run": {"num_epochs": args.epochs},
-    }, args.overrides, folder=folder, name=algorithm, pipeline=pipeline, callbacks=[timer])  # fmt: skip
+    }, [*args.overrides, *tweaks(args, label)], folder=folder, name=label, pipeline=pipeline, callbacks=[timer])  # fmt: skip
     timer.attach(trainer)
     return trainer
+
+
+def tweaks(args, label: str) -> list[str]:
+    """The ``--tweak LABEL=SECTION.KEY=VALUE`` overrides of one trainer."""
+    return [t.split("=", 1)[1] for t in args.tweak if t.split("=", 1)[0] == label]
 
 
 def main() -> None:
@@ -155,8 +164,12 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--mixed-precision", default="no", choices=["no", "fp16", "bf16"])
     parser.add_argument("--algorithms", nargs="+", default=["pxpo", "ddpo"], help="train.algorithm of each trainer (interleaved)")
+    parser.add_argument("--tweak", action="append", default=[], metavar="LABEL=SECTION.KEY=VALUE", help="a setting of one trainer")
     parser.add_argument("--out", help="write the markdown report here")
     args = bench.parse(parser)
+    for tweak in args.tweak:
+        if tweak.split("=", 1)[0] not in args.algorithms or "=" not in tweak.split("=", 1)[-1]:
+            parser.error(f"--tweak {tweak!r}: expected LABEL=SECTION.KEY=VALUE with LABEL one of --algorithms ({', '.join(args.algorithms)})")
 
     records: dict[str, list[dict]] = {alg: [] for alg in args.algorithms}
     with tempfile.TemporaryDirectory() as folder:
@@ -182,7 +195,8 @@ def main() -> None:
         f"`{args.model}`, {args.samples} samples/epoch (groups of {args.group_size}), {args.steps} denoising steps, train batch "
         f"{args.train_batch_size}, {args.timesteps_per_forward} step(s) per denoiser call, {bench.machine()}; median of "
         f"{len(measured[args.algorithms[0]])} epoch(s) after a warm-up, {', '.join(args.algorithms)} interleaved in one process"
-        + (f" (every one with {', '.join(args.overrides)})" if args.overrides else "") + ".",
+        + (f" (every one with {', '.join(args.overrides)})" if args.overrides else "")
+        + "".join(f"; {label} with {', '.join(tweaks(args, label))}" for label in args.algorithms if tweaks(args, label)) + ".",
         "",
     ]
     rows = []

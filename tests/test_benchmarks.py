@@ -53,10 +53,13 @@ def test_speed_smoke(tmp_path):
 def test_speed_smoke_flow_family(tmp_path):
     out = tmp_path / "speed.md"
     stdout = run("speed.py", "--model", "tiny-random-sd3", "--samples", "4", "--group-size", "2", "--train-batch-size", "2",
-                 "--steps", "3", "--epochs", "1", "--algorithms", "pxpo", "pxawm", "--set", "sample.sde_window=[1, 2]", "--out", str(out))
+                 "--steps", "3", "--epochs", "1", "--algorithms", "pxpo", "pxawm", "pxpo+kl", "--tweak", "pxpo+kl=train.kl_coef=0.1",
+                 "--set", "sample.sde_window=[1, 2]", "--out", str(out))  # fmt: skip
     report = out.read_text()
-    assert "Time per epoch: pxawm / pxpo" in stdout and "`tiny-random-sd3`" in report and "| pxawm |" in report
-    assert "with sample.sde_window=[1, 2]" in report
+    assert "Time per epoch: pxawm / pxpo" in stdout and "`tiny-random-sd3`" in report and "| pxawm |" in report and "| pxpo+kl |" in report
+    assert "with sample.sde_window=[1, 2]" in report and "pxpo+kl with train.kl_coef=0.1" in report
+    done = subprocess.run([sys.executable, str(BENCHMARKS / "speed.py"), "--tweak", "ddpo+x=train.kl_coef=0.1"], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 2 and "--tweak 'ddpo+x=train.kl_coef=0.1': expected LABEL=SECTION.KEY=VALUE with LABEL one of --algorithms" in done.stderr
 
 
 def test_flow_sample_efficiency_smoke(tmp_path):
@@ -147,12 +150,12 @@ def test_world_quality_smoke(tmp_path):
 def test_locality_smoke_and_report_from_rows(tmp_path):
     out = tmp_path / "loc"
     run("locality.py", "--seeds", "0", "--models", "pxpo-tiny-flow", "--tasks", "painted", "hair", "--painted-steps", "1",
-        "--epochs", "1", "--eval-seeds", "1", "--base-coefs", "1", "--sampling-coefs", "--late", "0.5",
+        "--epochs", "1", "--eval-seeds", "1", "--base-coefs", "1", "--sampling-coefs", "--late", "0.5", "--regional", "0.03",
         "--set", "sample.num_steps=4", "--set", "train.timesteps_per_forward=2", "--out", str(out))  # fmt: skip
     result = json.loads(out.with_suffix(".json").read_text())
     assert_provenance(result, "locality.py")
-    assert {(e["task"], e["method"]) for e in result["summary"]} == {
-        (task, method) for task in ("painted", "hair") for method in ("scalar", "pxpo", "base 1", "pxpo, last 50% of steps")}
+    methods = ("scalar", "pxpo", "base 1", "pxpo, last 50% of steps", "pxpo, regional, lr 0.03", "pxpo, regional, last 50%, lr 0.03")
+    assert {(e["task"], e["method"]) for e in result["summary"]} == {(task, method) for task in ("painted", "hair") for method in methods}
     painted = next(e for e in result["summary"] if e["task"] == "painted" and e["method"] == "pxpo")
     assert painted["inside"][0] > 0 and painted["outside"][0] > 0
     again = tmp_path / "again"

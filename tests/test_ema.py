@@ -114,11 +114,11 @@ def test_a_checkpoint_keeps_the_ema_in_safetensors_and_only_when_there_is_one(tm
     run = RunFolder(tmp_path / "run")
     optimizer = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(2))])
     ema = {"w": torch.arange(4.0)}
-    run.save_checkpoint(1, {"w": torch.ones(4)}, optimizer, {"ema": {"optimizer_steps": 3, "updates": 1}}, keep=2, ema=ema)
+    run.save_checkpoint(1, {"w": torch.ones(4)}, optimizer, {"ema": {"optimizer_steps": 3, "updates": 1}}, keep=2, extra={"ema": ema})
     run.save_checkpoint(2, {"w": torch.ones(4)}, optimizer, {}, keep=2)
-    *_, state, loaded = RunFolder.load_checkpoint(run.checkpoint_path(1))
-    assert torch.equal(loaded["w"], ema["w"]) and state["ema"] == {"optimizer_steps": 3, "updates": 1}
-    assert RunFolder.load_checkpoint(run.checkpoint_path(2))[3] is None
+    *_, state, extra = RunFolder.load_checkpoint(run.checkpoint_path(1))
+    assert torch.equal(extra["ema"]["w"], ema["w"]) and state["ema"] == {"optimizer_steps": 3, "updates": 1}
+    assert RunFolder.load_checkpoint(run.checkpoint_path(2))[3] == {}
     assert not (run.checkpoint_path(2) / "ema.safetensors").exists()
 
 

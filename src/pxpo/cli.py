@@ -240,6 +240,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from pxpo.images import to_pil
     from pxpo.io import save_image
     from pxpo.models import load_pipeline
+    from pxpo.region import run_region, sample_where_judged
+    from pxpo.rewards import build_reward, check_reward_output
     from pxpo.rollout import sample_trajectories
     from pxpo.run_folder import RunFolder, load_run_pipeline
 
@@ -254,11 +256,25 @@ def cmd_sample(args: argparse.Namespace) -> int:
     pipe, config = load_run_pipeline(args.model) if RunFolder(args.model).config.is_file() else (load_pipeline(args.model), None)
     family = family_for(pipe, args.sde_type or (config.sample.sde_type if config else "sde"))
     noise_level = family.policy_noise(args.eta, args.noise_level)
-    images = sample_trajectories(
-        family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,
-        noise_level=noise_level, generator=[torch.Generator().manual_seed(seed) for seed in args.seed],
-        height=args.height, width=args.width, adapter_steps=config.adapter_steps if config else None,
-    ).images  # fmt: skip
+
+    def run(generator, region):
+        return sample_trajectories(
+            family, [args.prompt] * len(args.seed), num_steps=args.num_steps, guidance_scale=args.guidance_scale,
+            noise_level=noise_level, generator=generator, height=args.height, width=args.width,
+            adapter_steps=config.adapter_steps if config else None, region=region,
+        )  # fmt: skip
+
+    generators = [torch.Generator().manual_seed(seed) for seed in args.seed]
+    latent_size = family.latent_shape(args.height, args.width)[1:]
+    if config is None or not config.train.regional_adapter:
+        images = run(generators, None).images
+    elif config.sample.single_image_seed is not None:  # the LoRA acts where the run's image was judged
+        size = (args.height, args.width) if args.height is not None else None
+        images = run(generators, run_region(RunFolder(args.model).lora, latent_size, size, config.advantage.interpolation)).images
+    else:  # where the run's reward judges the base model's image of each seed
+        reward = build_reward(config.reward.name, config.reward.kwargs, config.reward.terms)
+        judge = lambda base: check_reward_output(reward(base.images, base.prompts, base.metadata), base.images, config.reward.name).judged  # noqa: E731
+        images = sample_where_judged(run, generators, judge, latent_size, config.advantage.interpolation).images
     strip = Image.new("RGB", (images.shape[-1] * len(images), images.shape[-2]))
     for i, image in enumerate(images):
         strip.paste(to_pil(image), (i * images.shape[-1], 0))

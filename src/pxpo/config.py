@@ -162,6 +162,16 @@ class TrainConfig(_Section):
         "step); the other steps run the base model, while sampling too. Late steps decide detail rather than layout, so a "
         "late window keeps the composition (docs/human_feedback.md). Needs model.lora. Unset: every step.",
     )
+    regional_adapter: bool = Field(
+        False,
+        description="The LoRA changes the model's prediction only where the reward judges the image (its judged map, "
+        "downsampled like the heatmaps): the prediction is base + region * (adapted - base), so what no reward judged is "
+        "denoised by the base model. In single-image mode the region is the union of every step's judged map (a "
+        "person's strokes so far), kept in checkpoints and beside the LoRA (lora/region.png); otherwise it is, per "
+        "sample, what the reward judges in the base model's image from the same noise (one more sampling pass with the "
+        "LoRA off and one more reward call per batch, in training, evaluation and pxpo sample). One more forward pass "
+        "without gradient per denoiser call. Needs model.lora (docs/human_feedback.md).",
+    )
     timesteps_per_forward: int = Field(
         1,
         gt=0,
@@ -375,6 +385,8 @@ class Config(_Section):
                 raise ValueError(f"train.step_window = {window}: expected [start, end] with 0 <= start < end <= sample.num_steps = {self.sample.num_steps}")
             if not self.model.lora:
                 raise ValueError(f"train.step_window = {window} needs model.lora = true: outside the window the LoRA is switched off")
+        if train.regional_adapter and not self.model.lora:
+            raise ValueError("train.regional_adapter = true needs model.lora = true: outside the region the LoRA is switched off")
         if train.kl_coef > 0 and not self.model.lora:
             raise ValueError(f"train.kl_coef = {train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off")
 

@@ -23,6 +23,30 @@ from pxpo.progress import bar
 from pxpo.sampling import Generator, StepOutput, Trajectories
 
 
+def policy_output(
+    family: ModelFamily,
+    denoiser: torch.nn.Module,
+    latents: torch.Tensor,
+    timesteps: torch.Tensor,
+    conditioning,
+    guidance_scale: float,
+    region: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The policy's (guided) model output [B, C, h, w]: ``family.predict``, or with a ``region`` [B or 1, 1, h, w] in [0, 1]
+    (``train.regional_adapter``) the LoRA's change to it only there: base + region * (adapted - base), where the base
+    output is the same denoiser's with its adapters off (``family.denoiser``'s), computed without gradient. Where the
+    region is 0 the output is the base model's exactly; it is 1 everywhere: the adapted output alone."""
+    if region is not None and not torch.is_grad_enabled() and not bool(region.any()):  # (with gradients: a zero one)
+        with torch.no_grad(), adapters_off(family.denoiser):
+            return family.predict(family.denoiser, latents, timesteps, conditioning, guidance_scale)
+    adapted = family.predict(denoiser, latents, timesteps, conditioning, guidance_scale)
+    if region is None or bool((region == 1).all()):
+        return adapted
+    with torch.no_grad(), adapters_off(family.denoiser):
+        base = family.predict(family.denoiser, latents, timesteps, conditioning, guidance_scale)
+    return base + region.to(adapted) * (adapted - base)
+
+
 @torch.no_grad()
 def sample_trajectories(
     model: DiffusionPipeline | ModelFamily,
@@ -38,6 +62,7 @@ def sample_trajectories(
     metadata: Sequence[dict] | None = None,
     adapter_steps: tuple[int, int] | None = None,
     sde_window: tuple[torch.Tensor, int] | None = None,
+    region: torch.Tensor | None = None,
     progress: bool = False,
     desc: str = "sampling",
 ) -> Trajectories:
@@ -61,6 +86,7 @@ def sample_trajectories(
         adapter_steps: (start, end): the LoRA acts on steps start..end-1 only (the base model elsewhere).
         sde_window: (starts [B], K): sample b's steps starts[b]..starts[b]+K-1 are the policy's stochastic steps, the
             others the sampler's deterministic step, and only the window is stored; None: every step stochastic.
+        region: [B or 1, 1, h, w] in [0, 1]: the LoRA changes the prediction only there (``policy_output``); None: everywhere.
         progress: show a progress bar over the steps (on a terminal), labelled ``desc``.
 
     Returns:
@@ -76,7 +102,8 @@ def sample_trajectories(
     for j, t in enumerate(bar(timesteps, desc=desc, enabled=progress)):
         outside = adapter_steps is not None and not adapter_steps[0] <= j < adapter_steps[1]
         with adapters_off(family.denoiser) if outside else contextlib.nullcontext():
-            model_output = family.predict(family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale)
+            model_output = policy_output(family, family.denoiser, latents, t.expand(len(prompts)), conditioning, guidance_scale,
+                                         None if outside else region)  # fmt: skip
         step = family.step(model_output, t, latents, noise_level, generator=generator)  # drawn on every step: a sample's
         latents = record.step(j, step, lambda: family.deterministic_step(model_output, t, latents))  # noise is its seed's
     return Trajectories(
@@ -89,6 +116,7 @@ def sample_trajectories(
         metadata=[dict(m) for m in metadata] if metadata is not None else [{} for _ in prompts],
         window_start=None if sde_window is None else sde_window[0].clone(),
         final_latents=None if sde_window is None else latents,
+        region=None if region is None else region.expand(len(prompts), *region.shape[1:]).clone(),
     )
 
 
@@ -143,6 +171,7 @@ def recompute_log_prob(
     *,
     guidance_scale: float,
     noise_level: float,
+    regional: bool = True,
 ) -> StepOutput:
     """The current policy's log-probability of recorded steps, exactly as they were sampled.
 
@@ -156,6 +185,8 @@ def recompute_log_prob(
         step_index: [b] which stored step j of each sample (the transition latents[j] -> latents[j + 1]; with an SDE
             window, denoising step ``trajectories.step_of(sample_index, step_index)``).
         guidance_scale, noise_level: as used while sampling.
+        regional: the LoRA acts in each sample's ``trajectories.region`` (when it has one); False: the denoiser as it is
+            (e.g. the reference policy, with its adapters off).
 
     Returns:
         StepOutput whose log_prob [b, C, h, w] carries gradients into the denoiser.
@@ -163,10 +194,18 @@ def recompute_log_prob(
     family = _sampled_steps(model, trajectories)
     latents = trajectories.latents[sample_index, step_index]
     timesteps = trajectories.timesteps[trajectories.step_of(sample_index, step_index)]
-    model_output = family.predict(denoiser, latents, timesteps, trajectories.conditioning[sample_index], guidance_scale)
+    conditioning = trajectories.conditioning[sample_index]
+    region = _region_rows(trajectories, sample_index) if regional else None
+    model_output = policy_output(family, denoiser, latents, timesteps, conditioning, guidance_scale, region)
     return family.step(
         model_output, timesteps, latents, noise_level, prev_sample=trajectories.latents[sample_index, step_index + 1]
     )
+
+
+def _region_rows(trajectories: Trajectories, sample_index: torch.Tensor) -> torch.Tensor | None:
+    """The regions [b, 1, h, w] of samples ``sample_index`` [b] (None: no region, the LoRA everywhere)."""
+    region = trajectories.region
+    return None if region is None else region[sample_index.to(region.device)]
 
 
 def _sampled_steps(model: DiffusionPipeline | ModelFamily, trajectories: Trajectories) -> ModelFamily:
@@ -187,11 +226,15 @@ def velocity_on_forward_process(
     noise: torch.Tensor,
     *,
     guidance_scale: float,
+    regional: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """A flow model's velocity on the forward process of its own samples, and the flow-matching target.
 
     The final latents x_0 of samples ``sample_index`` [b] are noised to the sampler's timesteps ``step_index`` [b]
     (indices into ``trajectories.timesteps``): x_t = (1 - sigma) x_0 + sigma noise (the scheduler's ``scale_noise``).
+
+    The LoRA acts in each sample's ``trajectories.region``, as in ``policy_output`` (``regional``: as in
+    ``recompute_log_prob``).
 
     Returns:
         (v, target): the (guided) velocity v(x_t, t) [b, C, h, w], with gradients into ``denoiser``, and noise - x_0.
@@ -200,7 +243,8 @@ def velocity_on_forward_process(
     timesteps = trajectories.timesteps[step_index]
     clean = trajectories.clean_latents[sample_index].float()
     noised = family.pipe.scheduler.scale_noise(clean, timesteps, noise.float())
-    velocity = family.predict(denoiser, noised, timesteps, trajectories.conditioning[sample_index], guidance_scale)
+    region = _region_rows(trajectories, sample_index) if regional else None
+    velocity = policy_output(family, denoiser, noised, timesteps, trajectories.conditioning[sample_index], guidance_scale, region)
     return velocity.float(), noise.float() - clean
 
 
@@ -236,7 +280,7 @@ class Policy:
         with adapters_off(self.reference_denoiser), self.autocast():
             return recompute_log_prob(
                 self.family, self.reference_denoiser, trajectories, rows, steps, guidance_scale=self.guidance_scale,
-                noise_level=self.noise_level,
+                noise_level=self.noise_level, regional=False,
             )  # fmt: skip
 
     @property
@@ -250,7 +294,7 @@ class Policy:
         if reference:
             with torch.no_grad(), adapters_off(self.reference_denoiser), self.autocast():
                 return velocity_on_forward_process(self.family, self.reference_denoiser, trajectories, rows, steps, noise,
-                                                   guidance_scale=self.guidance_scale)  # fmt: skip
+                                                   guidance_scale=self.guidance_scale, regional=False)  # fmt: skip
         with self.autocast():
             return velocity_on_forward_process(self.family, self.denoiser, trajectories, rows, steps, noise, guidance_scale=self.guidance_scale)
 

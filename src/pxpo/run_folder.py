@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 CHECKPOINT_PREFIX = "epoch_"
 LOCK_NAME = ".lock"
 Tensors = dict[str, torch.Tensor]  # named tensors, as safetensors stores them
+CHECKPOINT_TENSORS = ("trainable", "optimizer")  # a checkpoint's own files; the others are its extra tensors
 _HELD: dict[Path, object] = {}  # run folders this process holds the lock of (open lock files)
 
 
@@ -103,9 +104,9 @@ class RunFolder:
             raise ConfigError(f"run folder {str(run.path)!r} already exists and is not empty: choose another run.name or --resume it")
         return run
 
-    def resume(self, restore: Callable[[Tensors, dict, dict, Tensors | None], None], is_main: bool) -> int:
-        """Repair what a crash left, then ``restore(trainable, optimizer_state, state, ema)`` from the newest intact
-        checkpoint (a damaged one is skipped, saying so; ``ema``: None when it has none); metrics after it are
+    def resume(self, restore: Callable[[Tensors, dict, dict, dict[str, Tensors]], None], is_main: bool) -> int:
+        """Repair what a crash left, then ``restore(trainable, optimizer_state, state, extra)`` from the newest intact
+        checkpoint (a damaged one is skipped, saying so; ``extra``: ``load_checkpoint``'s); metrics after it are
         dropped. Returns its epoch (0: none)."""
         if is_main:
             for leftover in self.remove_leftovers():
@@ -117,8 +118,8 @@ class RunFolder:
         else:
             for path in reversed(checkpoints):
                 try:
-                    trainable, optimizer_state, state, ema = self.load_checkpoint(path)
-                    restore(trainable, optimizer_state, state, ema)
+                    trainable, optimizer_state, state, extra = self.load_checkpoint(path)
+                    restore(trainable, optimizer_state, state, extra)
                     break
                 except (OSError, ValueError, KeyError, SafetensorError) as error:  # a truncated file, bad JSON, ...
                     logger.warning("checkpoint %s is damaged (%s): trying the one before it", path, error)
@@ -246,29 +247,32 @@ class RunFolder:
         optimizer: torch.optim.Optimizer,
         state: dict,
         keep: int,
-        ema: Tensors | None = None,
+        extra: dict[str, Tensors] | None = None,
     ) -> Path:
-        """Write checkpoint ``epoch`` atomically and delete all but the ``keep`` newest. ``ema``: the averaged
-        weights by name (``pxpo.ema.WeightAverage.tensors``), kept in ema.safetensors when given."""
+        """Write checkpoint ``epoch`` atomically and delete all but the ``keep`` newest. ``extra``: more tensors by file
+        stem, each kept in STEM.safetensors, e.g. "ema" (the averaged weights by name, ``pxpo.ema.WeightAverage.tensors``)
+        and "region" (``pxpo.region.JudgedRegion.tensors``)."""
         target = self.checkpoint_path(epoch)
         tensors, param_groups = flatten_optimizer_state(optimizer)
         with atomic_directory(target) as tmp:
             _save_tensors(trainable, tmp / "trainable.safetensors", target)
             _save_tensors(tensors, tmp / "optimizer.safetensors", target)
-            if ema is not None:
-                _save_tensors(ema, tmp / "ema.safetensors", target)
+            for stem, values in (extra or {}).items():
+                if stem in CHECKPOINT_TENSORS:
+                    raise ValueError(f"extra checkpoint tensors {stem!r}: the name is taken ({', '.join(CHECKPOINT_TENSORS)})")
+                _save_tensors(values, tmp / f"{stem}.safetensors", target)
             (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "param_groups": param_groups, **state}, indent=2))
         for old in self.list_checkpoints()[:-keep]:
             shutil.rmtree(old)
         return target
 
     @staticmethod
-    def load_checkpoint(path: Path) -> tuple[Tensors, dict, dict, Tensors | None]:
-        """(trainable tensors, optimizer state_dict, state, EMA tensors or None) from a checkpoint folder."""
+    def load_checkpoint(path: Path) -> tuple[Tensors, dict, dict, dict[str, Tensors]]:
+        """(trainable tensors, optimizer state_dict, state, the extra tensors by file stem) from a checkpoint folder."""
         state = json.loads((path / "state.json").read_text())
         optimizer_state = unflatten_optimizer_state(load_file(path / "optimizer.safetensors"), state.pop("param_groups"))
-        ema = load_file(path / "ema.safetensors") if (path / "ema.safetensors").exists() else None
-        return load_file(path / "trainable.safetensors"), optimizer_state, state, ema
+        extra = {file.stem: load_file(file) for file in sorted(path.glob("*.safetensors")) if file.stem not in CHECKPOINT_TENSORS}
+        return load_file(path / "trainable.safetensors"), optimizer_state, state, extra
 
 
 def _save_tensors(tensors: Tensors, path: Path, checkpoint: Path) -> None:

@@ -305,6 +305,8 @@ class Trajectories:
         log_probs: [B, T, C, h, w]: per-element log p(latents[:, j + 1] | latents[:, j]).
         images: [B, 3, H, W] decoded final latents in [0, 1].
         metadata: B dicts that travel with the samples to the reward (the prompt's extras, the epoch, ...).
+        region: [B, 1, h, w] in [0, 1]: where each sample's LoRA acts (``train.regional_adapter``,
+            ``pxpo.rollout.policy_output``); None: everywhere.
     """
 
     prompts: list[str]
@@ -316,6 +318,7 @@ class Trajectories:
     metadata: list[dict] = field(default_factory=list)
     window_start: torch.Tensor | None = None  # [B] long: the denoising step of each sample's first stored step (None: 0)
     final_latents: torch.Tensor | None = None  # [B, C, h, w]: x_0 when the stored steps end before it (None: latents[:, -1])
+    region: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -342,6 +345,7 @@ class Trajectories:
             metadata=[m for part in parts for m in part.metadata],
             window_start=_cat_optional([p.window_start for p in parts]),
             final_latents=_cat_optional([p.final_latents for p in parts]),
+            region=_cat_optional([p.region for p in parts]),
         )
 
 

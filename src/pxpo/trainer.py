@@ -38,6 +38,7 @@ from pxpo.launch import (
 from pxpo.models import load_pipeline, load_trainable_state_dict, trainable_state_dict
 from pxpo.prepare import build_optimizer, prepare_trainable
 from pxpo.progress import bar
+from pxpo.region import JudgedRegion, sample_where_judged
 from pxpo.reporting import Reporter
 from pxpo.rewards import RewardFn, RewardOutput, WeightedReward, build_reward, check_reward_output, record_injected_reward
 from pxpo.rollout import Policy, sample_trajectories
@@ -108,6 +109,8 @@ class Trainer:
         self.ema = weight_average(acc.unwrap_model(self.denoiser), config.train)  # evaluates and exports; None: off
         noise = self.family.policy_noise(config.sample.eta, config.sample.noise_level)
         self.policy = Policy(self.family, self.denoiser, config.sample.guidance_scale, noise, acc.autocast, acc.unwrap_model(self.denoiser))
+        single = config.train.regional_adapter and config.sample.single_image_seed is not None  # (else: per sample, _sample)
+        self.region = JudgedRegion(self.latent_shape[1:], config.advantage.interpolation) if single else None
         self.algorithm = algorithm_class(config.train.algorithm)(config, self.latent_shape, self.family)  # refuses a family it cannot train
         self.schedule = sample_schedule(config, self.family, self.latent_shape, acc.process_index, acc.device, prompt_fn, acc.num_processes)
         self.reporter = Reporter(config, self.run, lambda *args: self.reward(*args).heatmaps, self.reward_name)
@@ -120,14 +123,16 @@ class Trainer:
     def _resume(self) -> int:
         """Continue from the newest intact checkpoint (``RunFolder.resume``); return its epoch."""
 
-        def restore(trainable: dict, optimizer_state: dict, state: dict, ema: dict | None) -> None:
+        def restore(trainable: dict, optimizer_state: dict, state: dict, extra: dict[str, dict]) -> None:
             load_trainable_state_dict(self.accelerator.unwrap_model(self.denoiser), trainable)
             self.optimizer.load_state_dict(optimizer_state)
             self.algorithm.load_state_dict(state)
             if self.ema is not None:
-                if ema is None:  # every checkpoint of a run with an EMA has one: this one lost it
+                if "ema" not in extra:  # every checkpoint of a run with an EMA has one: this one lost it
                     raise ValueError(f"it has no ema.safetensors, and train.ema_decay = {self.config.train.ema_decay}")
-                self.ema.load(ema, state["ema"])
+                self.ema.load(extra["ema"], state["ema"])
+            if self.region is not None:
+                self.region.load(extra.get("region", {}))  # none: nothing was judged before it
 
         epoch = self.run.resume(restore, self.accelerator.is_main_process)
         if epoch and self.accelerator.is_main_process:
@@ -170,6 +175,9 @@ class Trainer:
         for item in trajectories.metadata:
             item.update(metadata or {})
         rewards = phase("reward", lambda: self.reward(trajectories.images, trajectories.prompts, trajectories.metadata))
+        if self.region is not None:  # this step trains, and the next samples, with the LoRA on all that was judged so far
+            self.region.add(rewards.judged, tuple(trajectories.images.shape[-2:]))
+            trajectories.region = self.region.latent().to(trajectories.latents.device).expand(len(trajectories), -1, -1, -1)
         groups = sample_groups(trajectories.metadata)
         advantages = phase("advantage", lambda: self.advantages(rewards.heatmaps, trajectories.prompts, groups))
         keep = self.algorithm.keep(rewards.judged)
@@ -196,18 +204,29 @@ class Trainer:
         return self.schedule.sample(epoch, self._sample)
 
     def _sample(self, prompts: list[str], generator, initial_noise=None, metadata=None, desc: str | None = None) -> Trajectories:
-        """Trajectories of the current policy with the config's sampler settings (``pxpo.schedule.Sampler``)."""
+        """Trajectories of the current policy with the config's sampler settings (``pxpo.schedule.Sampler``). With
+        ``train.regional_adapter`` the LoRA acts where the image was judged so far (one image), or where the reward
+        judges the base model's image from the same noise (``pxpo.region.sample_where_judged``)."""
         cfg = self.config.sample
         self.family.denoiser.eval()
         epoch = metadata[0].get("epoch") if metadata else None  # None: evaluation, with the window where it is configured
         groups = sample_groups(metadata).tolist() if metadata else [0] * len(prompts)  # evaluation: no groups
-        with self.accelerator.autocast():
-            return sample_trajectories(
-                self.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, noise_level=self.policy.noise_level,
-                generator=generator, height=cfg.height, width=cfg.width, initial_noise=initial_noise, metadata=metadata,
-                adapter_steps=self.config.adapter_steps, sde_window=sde_window_starts(self.config, epoch, groups),
-                progress=desc is not None and self._show_progress, desc=desc or "sampling",
-            )  # fmt: skip
+
+        def run(generator, region: torch.Tensor | None) -> Trajectories:
+            with self.accelerator.autocast():
+                return sample_trajectories(
+                    self.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale, noise_level=self.policy.noise_level,
+                    generator=generator, height=cfg.height, width=cfg.width, initial_noise=initial_noise, metadata=metadata,
+                    adapter_steps=self.config.adapter_steps, sde_window=sde_window_starts(self.config, epoch, groups), region=region,
+                    progress=desc is not None and self._show_progress, desc=desc or "sampling",
+                )  # fmt: skip
+
+        if not self.config.train.regional_adapter:
+            return run(generator, None)
+        if self.region is not None:
+            return run(generator, self.region.latent())
+        judge = lambda base: self.reward(base.images, base.prompts, base.metadata).judged  # noqa: E731
+        return sample_where_judged(run, generator, judge, self.latent_shape[1:], self.config.advantage.interpolation)
 
     # reward and advantage -------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
@@ -306,15 +325,19 @@ class Trainer:
             return
         optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate's wrapper holds the torch optimizer
         trainable = trainable_state_dict(acc.unwrap_model(self.denoiser))
-        state, ema = self.algorithm.state_dict(), None
+        state, extra = self.algorithm.state_dict(), {}
         if self.ema is not None:
-            state, ema = {**state, "ema": self.ema.counters()}, self.ema.tensors()
-        self.run.save_checkpoint(epoch, trainable, optimizer, state, keep=self.config.run.keep_checkpoints, ema=ema)
+            state, extra["ema"] = {**state, "ema": self.ema.counters()}, self.ema.tensors()
+        if self.region is not None and self.region.pixels is not None:
+            extra["region"] = self.region.tensors()
+        self.run.save_checkpoint(epoch, trainable, optimizer, state, keep=self.config.run.keep_checkpoints, extra=extra)
         self._save_weights()
 
     def _save_weights(self) -> None:
         with self._averaged():
-            self.run.save_weights(self.family, self.accelerator.unwrap_model(self.denoiser), self.config.model.lora)
+            folder = self.run.save_weights(self.family, self.accelerator.unwrap_model(self.denoiser), self.config.model.lora)
+        if self.region is not None:
+            self.region.save_png(folder)  # the LoRA acts there only (pxpo sample reads it)
 
     def _averaged(self) -> AbstractContextManager:
         """Inside: the trained parameters hold the EMA's weights (``train.ema_decay > 0``; else the live weights)."""
