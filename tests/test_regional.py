@@ -17,7 +17,7 @@ from pxpo.config import ConfigError, validate_config
 from pxpo.families import family_for
 from pxpo.hooks import Callback
 from pxpo.region import REGION_FILE, JudgedRegion, fork, run_region, sample_where_judged
-from pxpo.rollout import adapters_off, policy_output, recompute_log_prob, sample_trajectories
+from pxpo.rollout import Policy, adapters_off, policy_output, recompute_log_prob, sample_trajectories, velocity_on_forward_process
 
 
 @pytest.fixture
@@ -74,6 +74,12 @@ def test_an_empty_region_is_the_base_model_and_a_full_one_the_adapted_model(adap
     assert torch.equal(_both(adapted, latents, timesteps, conditioning)[0], lora)  # the adapters are on again
 
 
+def test_a_region_off_the_latent_grid_is_refused(adapted):
+    latents, timesteps, conditioning = _inputs(adapted)
+    with pytest.raises(ValueError, match=r"a region of shape \(1, 1, 8, 8\) for latents of shape \(2, 4, 16, 16\)"):
+        policy_output(adapted, adapted.denoiser, latents, timesteps, conditioning, 5.0, torch.full((1, 1, 8, 8), 0.5))
+
+
 def test_gradients_come_only_from_the_region(adapted):
     """A loss on the outside cells alone gives no gradient; on the inside it equals the adapted output's own gradient."""
     latents, timesteps, conditioning = _inputs(adapted, batch=1)
@@ -126,7 +132,7 @@ def test_the_region_round_trips_through_its_png_and_its_checkpoint_tensors(tmp_p
     judged = torch.zeros(1, 64, 64, dtype=torch.bool)
     judged[:, 10:30, 5:50] = True
     region.add(judged, (64, 64))
-    region.save_png(tmp_path)
+    region.save_png(tmp_path, (64, 64))
     assert torch.equal(JudgedRegion.from_png(tmp_path / REGION_FILE, (16, 16)).pixels, judged[0])
     restored = JudgedRegion((16, 16))
     restored.load(region.tensors())
@@ -134,8 +140,12 @@ def test_the_region_round_trips_through_its_png_and_its_checkpoint_tensors(tmp_p
     assert JudgedRegion((16, 16)).tensors() == {}  # nothing judged: nothing to keep
 
 
-def test_a_run_without_region_png_acts_nowhere_and_a_bad_png_is_refused(tmp_path):
+def test_a_region_never_judged_acts_nowhere_and_a_missing_or_bad_png_is_refused(tmp_path):
+    JudgedRegion((16, 16)).save_png(tmp_path, (64, 64))  # before any stroke: all black
     torch.testing.assert_close(run_region(tmp_path, (16, 16), None), torch.zeros(1, 1, 16, 16))
+    (tmp_path / REGION_FILE).unlink()
+    with pytest.raises(ValueError, match="region.png' is missing: the run's LoRA acts only where its image was judged"):
+        run_region(tmp_path, (16, 16), None)
     Image.fromarray(np.full((64, 64), 128, np.uint8)).save(tmp_path / REGION_FILE)
     with pytest.raises(ValueError, match="has grey pixels: a region is black"):
         run_region(tmp_path, (16, 16), None)
@@ -147,9 +157,21 @@ def test_a_run_without_region_png_acts_nowhere_and_a_bad_png_is_refused(tmp_path
         run_region(tmp_path, (32, 32), (128, 128))
 
 
-def test_the_setting_needs_lora():
+def test_the_setting_needs_lora_and_a_person_rewards_single_image_mode():
     with pytest.raises(ConfigError, match="train.regional_adapter = true needs model.lora = true"):
         validate_config({"model": {"lora": False}, "train": {"regional_adapter": True}})
+    with pytest.raises(ConfigError, match="reward.name = 'painted' needs single-image mode"):
+        validate_config({"train": {"regional_adapter": True}, "reward": {"name": "painted"}})
+
+
+def test_adapters_off_blocks_nest(adapted):
+    """policy_output switches the adapters off inside; inside an outer block they stay off after it."""
+    latents, timesteps, conditioning = _inputs(adapted)
+    lora, base = _both(adapted, latents, timesteps, conditioning)
+    with torch.no_grad(), adapters_off(adapted.denoiser):
+        policy_output(adapted, adapted.denoiser, latents, timesteps, conditioning, 5.0, torch.full((1, 1, 16, 16), 0.5))
+        torch.testing.assert_close(adapted.predict(adapted.denoiser, latents, timesteps, conditioning, 5.0), base, rtol=0, atol=0)
+    assert torch.equal(_both(adapted, latents, timesteps, conditioning)[0], lora)
 
 
 @pytest.mark.slow
@@ -167,7 +189,8 @@ def test_a_session_keeps_its_region_through_checkpoints_and_pxpo_sample_applies_
     values[8:24, 16:48] = -2.0
     trainer = Trainer(config, run_dir=folder, progress=False)
     trainer.begin()
-    trainer.step(1, metadata={"painted": values})
+    record = trainer.step(1, metadata={"painted": values})
+    assert record["grad_norm"] > 0  # the first stroke trains
     expected = heatmap_to_latent(torch.from_numpy(values != 0)[None].float(), (16, 16))
     torch.testing.assert_close(trainer.region.latent(), expected)
     assert (trainer.run.checkpoint_path(1) / "region.safetensors").is_file()
@@ -179,7 +202,7 @@ def test_a_session_keeps_its_region_through_checkpoints_and_pxpo_sample_applies_
 
     args = ["sample", str(folder), "--prompt", "nature landscape", "--seed", "5", "--num-steps", "20", "--eta", "0.3"]
     assert main([*args, "--out", str(tmp_path / "regional.png")]) == 0
-    (trainer.run.lora / REGION_FILE).unlink()  # no region: the LoRA acts nowhere
+    JudgedRegion((16, 16)).save_png(trainer.run.lora, (64, 64))  # never judged: the LoRA acts nowhere
     assert main([*args, "--out", str(tmp_path / "nowhere.png")]) == 0
     assert main(["sample", "tiny-random", *args[2:], "--out", str(tmp_path / "base.png")]) == 0
     regional, nowhere, base = (np.asarray(Image.open(tmp_path / f"{n}.png")) for n in ("regional", "nowhere", "base"))
@@ -232,6 +255,10 @@ def test_scoring_a_regional_trajectory_gives_back_its_sampled_log_probs(adapted)
     with torch.no_grad():
         scored = recompute_log_prob(adapted, adapted.denoiser, trajectories, rows, steps, guidance_scale=5.0, noise_level=0.8)
     torch.testing.assert_close(scored.log_prob, trajectories.log_probs[rows, steps], rtol=0, atol=1e-3)
+    reference = Policy(adapted, adapted.denoiser, 5.0, 0.8).reference_log_prob(trajectories, rows, steps)
+    with torch.no_grad(), adapters_off(adapted.denoiser):
+        base = recompute_log_prob(adapted, adapted.denoiser, trajectories, rows, steps, guidance_scale=5.0, noise_level=0.8, regional=False)
+    torch.testing.assert_close(reference.log_prob, base.log_prob, rtol=0, atol=0)  # the reference: the base model everywhere
     trajectories.region = None  # scored as if the LoRA acted everywhere: not what was sampled
     with torch.no_grad():
         everywhere = recompute_log_prob(adapted, adapted.denoiser, trajectories, rows, steps, guidance_scale=5.0, noise_level=0.8)
@@ -271,6 +298,7 @@ def test_a_run_over_many_images_acts_where_its_reward_judges_each_base_image(mak
         base = trainer.schedule.sample(1, lambda prompts, generator, **kw: _sampler_like(trainer, prompts, generator, kw))
     judged = build_reward(**{k: v for k, v in reward.items()})(base.images, base.prompts, base.metadata).judged
     torch.testing.assert_close(region, heatmap_to_latent(judged.float(), (16, 16)))
+    assert 0 < region.mean() < 1  # the reward judged some of each batch, not all
     out = tmp_path / "sampled.png"
     assert main(["sample", str(trainer.run.path), "--prompt", "nature landscape", "--seed", "1", "--num-steps", "4", "--out", str(out)]) == 0
     assert out.is_file()
@@ -280,3 +308,29 @@ def _sampler_like(trainer, prompts, generator, kw):
     cfg = trainer.config.sample
     return sample_trajectories(trainer.family, prompts, num_steps=cfg.num_steps, guidance_scale=cfg.guidance_scale,
                                noise_level=trainer.policy.noise_level, generator=generator, metadata=kw.get("metadata"))  # fmt: skip
+
+
+def test_the_velocity_on_the_forward_process_acts_in_each_samples_region():
+    """Forward-process algorithms (AWM) read the trajectories' regions too: base outside, adapted inside."""
+    from pxpo.world.architecture import build_tiny_sd3_pipeline
+
+    family = family_for(build_tiny_sd3_pipeline())
+    family.add_lora(rank=4)
+    with torch.no_grad():
+        for name, parameter in family.denoiser.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(0, 0.05, generator=torch.Generator().manual_seed(1))
+    region = torch.zeros(2, 1, 16, 16)
+    region[0, :, :8] = 1.0
+    trajectories = sample_trajectories(family, ["red taxi in traffic"] * 2, num_steps=3, guidance_scale=1.0, noise_level=0.7,
+                                       generator=torch.Generator().manual_seed(0), region=region)  # fmt: skip
+    rows, steps, noise = torch.tensor([0, 1]), torch.tensor([1, 1]), torch.randn(2, *trajectories.latents.shape[2:])
+    with torch.no_grad():
+        regional, _ = velocity_on_forward_process(family, family.denoiser, trajectories, rows, steps, noise, guidance_scale=1.0)
+        everywhere, _ = velocity_on_forward_process(family, family.denoiser, trajectories, rows, steps, noise, guidance_scale=1.0, regional=False)
+        with adapters_off(family.denoiser):
+            base, _ = velocity_on_forward_process(family, family.denoiser, trajectories, rows, steps, noise, guidance_scale=1.0, regional=False)
+    inside = region.expand_as(regional).bool()
+    torch.testing.assert_close(regional[inside], everywhere[inside], rtol=0, atol=1e-6)
+    torch.testing.assert_close(regional[~inside], base[~inside], rtol=0, atol=0)
+    assert (everywhere - base).abs().amax() > 1e-3

@@ -254,6 +254,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     if Path(args.out).suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"--out {args.out!r}: expected a file name ending in {', '.join(IMAGE_SUFFIXES)}")
     pipe, config = load_run_pipeline(args.model) if RunFolder(args.model).config.is_file() else (load_pipeline(args.model), None)
+    if config is not None and config.train.regional_adapter and args.height is None:  # its region is of the run's size
+        args.height, args.width = config.sample.height, config.sample.width
     family = family_for(pipe, args.sde_type or (config.sample.sde_type if config else "sde"))
     noise_level = family.policy_noise(args.eta, args.noise_level)
 
@@ -272,8 +274,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
         size = (args.height, args.width) if args.height is not None else None
         images = run(generators, run_region(RunFolder(args.model).lora, latent_size, size, config.advantage.interpolation)).images
     else:  # where the run's reward judges the base model's image of each seed
+        if config.reward.name.startswith("injected:"):
+            raise ValueError(f"the run's reward was passed in from Python ({config.reward.name.removeprefix('injected:')}): pxpo sample "
+                             "cannot judge the base images its regional adapter needs; sample with pxpo.region.sample_where_judged")  # fmt: skip
         reward = build_reward(config.reward.name, config.reward.kwargs, config.reward.terms)
-        judge = lambda base: check_reward_output(reward(base.images, base.prompts, base.metadata), base.images, config.reward.name).judged  # noqa: E731
+        metadata = [{"prompt": args.prompt, "seed": seed} for seed in args.seed]
+        judge = lambda base: check_reward_output(reward(base.images, base.prompts, metadata), base.images, config.reward.name).judged  # noqa: E731
         images = sample_where_judged(run, generators, judge, latent_size, config.advantage.interpolation).images
     strip = Image.new("RGB", (images.shape[-1] * len(images), images.shape[-2]))
     for i, image in enumerate(images):

@@ -387,6 +387,11 @@ class Config(_Section):
                 raise ValueError(f"train.step_window = {window} needs model.lora = true: outside the window the LoRA is switched off")
         if train.regional_adapter and not self.model.lora:
             raise ValueError("train.regional_adapter = true needs model.lora = true: outside the region the LoRA is switched off")
+        if train.regional_adapter and self.sample.single_image_seed is None and self.reward.name in PERSON_REWARDS:
+            raise ValueError(
+                f"train.regional_adapter = true with reward.name = {self.reward.name!r} needs single-image mode (sample.single_image_seed): "
+                "over many images the region is what the reward judges in the base model's image, which a person's map does not say"
+            )
         if train.kl_coef > 0 and not self.model.lora:
             raise ValueError(f"train.kl_coef = {train.kl_coef} needs model.lora = true: the reference policy is the model with its LoRA off")
 
@@ -485,6 +490,7 @@ class Config(_Section):
 
 # Settings a resumed run may change: they extend or observe the run. Every other one changes what the run means
 # (model, family, LoRA shape, algorithm, reward, sampler, optimiser ...) and is refused on resume.
+PERSON_REWARDS = ("painted", "folder_feedback")  # rewards whose maps a person gives for the images shown (pxpo.rewards.human)
 RESUMABLE_CHANGES = ("run.num_epochs", "run.log_with", "run.checkpoint_every", "run.keep_checkpoints", "run.name", "run.output_dir")
 
 

@@ -41,14 +41,17 @@ class JudgedRegion:
         self.latent_size, self.interpolation = tuple(latent_size), interpolation
         self.pixels: torch.Tensor | None = None
 
-    def add(self, judged: torch.Tensor | None, image_size: tuple[int, int]) -> None:
-        """Widen the region by one step's judged map bool [1, H, W] (None: the reward judged every pixel of the image)."""
+    def add(self, judged: torch.Tensor | None, image_size: tuple[int, int]) -> bool:
+        """Widen the region by one step's judged map bool [1, H, W] (None: the reward judged every pixel of the image);
+        return whether it grew."""
         judged = torch.ones((1, *image_size), dtype=torch.bool) if judged is None else judged.bool().cpu()
         if judged.shape[0] != 1:
             raise ValueError(f"judged maps of {judged.shape[0]} images: a region belongs to one image (single-image mode)")
         if self.pixels is not None and tuple(self.pixels.shape) != tuple(judged.shape[1:]):
             raise ValueError(f"a judged map of {tuple(judged.shape[1:])} pixels for a region of {tuple(self.pixels.shape)}")
-        self.pixels = judged[0] if self.pixels is None else self.pixels | judged[0]
+        before = self.pixels
+        self.pixels = judged[0] if before is None else before | judged[0]
+        return bool(self.pixels.any()) if before is None else not torch.equal(before, self.pixels)
 
     def latent(self) -> torch.Tensor:
         """The judged share of each latent cell [1, 1, h, w] in [0, 1]; zeros before the first judged map."""
@@ -66,11 +69,11 @@ class JudgedRegion:
         pixels = tensors.get("pixels")
         self.pixels = None if pixels is None else pixels.bool()
 
-    def save_png(self, folder: Path) -> None:
-        """FOLDER/region.png (white where judged), written atomically; nothing before the first map."""
-        if self.pixels is None:
-            return
-        save_image(Image.fromarray(self.pixels.numpy().astype(np.uint8) * 255), Path(folder) / REGION_FILE)
+    def save_png(self, folder: Path, image_size: tuple[int, int]) -> None:
+        """FOLDER/region.png (white where judged; all black before the first map, of ``image_size`` (H, W)), written
+        atomically."""
+        pixels = self.pixels if self.pixels is not None else torch.zeros(image_size, dtype=torch.bool)
+        save_image(Image.fromarray(pixels.numpy().astype(np.uint8) * 255), Path(folder) / REGION_FILE)
 
     @classmethod
     def from_png(cls, path: Path, latent_size: tuple[int, int], interpolation: InterpolationMode = "area") -> JudgedRegion:
@@ -87,14 +90,13 @@ class JudgedRegion:
 
 
 def run_region(weights: Path, latent_size: tuple[int, int], image_size: tuple[int, int] | None, interpolation: InterpolationMode = "area") -> torch.Tensor:
-    """A regional run's region on the latent grid [1, 1, h, w], from WEIGHTS/region.png beside its LoRA (``pxpo sample``).
-
-    A run that was never judged has no region.png: its LoRA acts nowhere (zeros). ``image_size``: (H, W) the
-    caller samples at, refused when it is not the region's (None: the run's size, whatever it is).
-    """
+    """A single-image regional run's region on the latent grid [1, 1, h, w], from WEIGHTS/region.png beside its LoRA
+    (``pxpo sample``; all black: never judged, the LoRA acts nowhere). ``image_size``: (H, W) the caller samples at,
+    refused when it is not the region's (None: the model's native size, at which the run was trained then)."""
     path = Path(weights) / REGION_FILE
     if not path.is_file():
-        return JudgedRegion(latent_size, interpolation).latent()
+        raise ValueError(f"{str(path)!r} is missing: the run's LoRA acts only where its image was judged, which that file keeps "
+                         "(resuming the run writes it again)")  # fmt: skip
     region = JudgedRegion.from_png(path, latent_size, interpolation)
     if image_size is not None and tuple(image_size) != tuple(region.pixels.shape):
         height, width = region.pixels.shape

@@ -36,6 +36,8 @@ def policy_output(
     (``train.regional_adapter``) the LoRA's change to it only there: base + region * (adapted - base), where the base
     output is the same denoiser's with its adapters off (``family.denoiser``'s), computed without gradient. Where the
     region is 0 the output is the base model's exactly; it is 1 everywhere: the adapted output alone."""
+    if region is not None and (region.ndim != 4 or region.shape[1] != 1 or region.shape[2:] != latents.shape[2:] or len(region) not in (1, len(latents))):
+        raise ValueError(f"a region of shape {tuple(region.shape)} for latents of shape {tuple(latents.shape)}: expected [B or 1, 1, h, w] on their grid")
     if region is not None and not torch.is_grad_enabled() and not bool(region.any()):  # (with gradients: a zero one)
         with torch.no_grad(), adapters_off(family.denoiser):
             return family.predict(family.denoiser, latents, timesteps, conditioning, guidance_scale)
@@ -301,9 +303,20 @@ class Policy:
 
 @contextlib.contextmanager
 def adapters_off(denoiser: torch.nn.Module):
-    """The denoiser with its LoRA adapters switched off inside the block (the base model); on again after it."""
+    """The denoiser with its LoRA adapters switched off inside the block (the base model); on again after it, unless
+    they were off already (the blocks nest)."""
+    if _adapters_disabled(denoiser):
+        yield denoiser
+        return
     denoiser.disable_adapters()
     try:
         yield denoiser
     finally:
         denoiser.enable_adapters()
+
+
+def _adapters_disabled(denoiser: torch.nn.Module) -> bool:
+    """Whether the denoiser's peft LoRA layers are switched off (``disable_adapters``)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(module.disable_adapters for module in denoiser.modules() if isinstance(module, BaseTunerLayer))

@@ -176,8 +176,7 @@ class Trainer:
             item.update(metadata or {})
         rewards = phase("reward", lambda: self.reward(trajectories.images, trajectories.prompts, trajectories.metadata))
         if self.region is not None:  # this step trains, and the next samples, with the LoRA on all that was judged so far
-            self.region.add(rewards.judged, tuple(trajectories.images.shape[-2:]))
-            trajectories.region = self.region.latent().to(trajectories.latents.device).expand(len(trajectories), -1, -1, -1)
+            self._widen_region(trajectories, rewards.judged)
         groups = sample_groups(trajectories.metadata)
         advantages = phase("advantage", lambda: self.advantages(rewards.heatmaps, trajectories.prompts, groups))
         keep = self.algorithm.keep(rewards.judged)
@@ -227,6 +226,22 @@ class Trainer:
             return run(generator, self.region.latent())
         judge = lambda base: self.reward(base.images, base.prompts, base.metadata).judged  # noqa: E731
         return sample_where_judged(run, generator, judge, self.latent_shape[1:], self.config.advantage.interpolation)
+
+    @torch.no_grad()
+    def _widen_region(self, trajectories: Trajectories, judged: torch.Tensor | None) -> None:
+        """Single-image regional adapter: add this step's judged map to the region the trajectories train with. Where it
+        grew, the sampling policy's LoRA did not act, so the trained steps' recorded log-probabilities are scored again
+        with the widened region and the current weights: the update starts on-policy on the new strokes too (else PPO's
+        per-element clip could stop it there)."""
+        grew = self.region.add(judged, tuple(trajectories.images.shape[-2:]))
+        trajectories.region = self.region.latent().to(trajectories.latents.device).expand(len(trajectories), -1, -1, -1)
+        if not grew or not self.config.trains_log_probs:
+            return
+        steps = torch.arange(*self.config.step_range, device=trajectories.latents.device)
+        for chunk in steps.split(self.config.train.timesteps_per_forward):  # as many steps per call as training makes
+            for row in range(len(trajectories)):
+                rows = torch.full_like(chunk, row)
+                trajectories.log_probs[rows, chunk] = self.policy.log_prob(trajectories, rows, chunk).log_prob.to(trajectories.log_probs)
 
     # reward and advantage -------------------------------------------------------------------------------
     def reward(self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict]) -> RewardOutput:
@@ -337,7 +352,8 @@ class Trainer:
         with self._averaged():
             folder = self.run.save_weights(self.family, self.accelerator.unwrap_model(self.denoiser), self.config.model.lora)
         if self.region is not None:
-            self.region.save_png(folder)  # the LoRA acts there only (pxpo sample reads it)
+            size = (self.config.sample.height, self.config.sample.width) if self.config.sample.height else self.family.default_size()
+            self.region.save_png(folder, size)  # the LoRA acts there only (pxpo sample reads it; black before any stroke)
 
     def _averaged(self) -> AbstractContextManager:
         """Inside: the trained parameters hold the EMA's weights (``train.ema_decay > 0``; else the live weights)."""

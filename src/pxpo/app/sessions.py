@@ -124,7 +124,7 @@ def session_config(
     """
     window = SESSION_WINDOW if regional else (0, SESSION_STEPS)
     train = {"batch_size": 1, "num_inner_epochs": num_inner_epochs, "timesteps_per_forward": min(timesteps_per_forward, window[1] - window[0]),
-             "learning_rate": learning_rate or (SESSION_REGIONAL_LR if regional else SESSION_LR)}  # fmt: skip
+             "learning_rate": learning_rate if learning_rate is not None else SESSION_REGIONAL_LR if regional else SESSION_LR}  # fmt: skip
     if regional:
         train |= {"regional_adapter": True, "step_window": list(window)}
     return validate_config(
