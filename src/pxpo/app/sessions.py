@@ -47,7 +47,7 @@ SESSION_ETA = 0.3
 SESSION_NOISE_LEVEL = 0.3
 SESSION_STEPS = 20  # denoising steps per image
 # Locality (docs/benchmarks/locality.md, the painted task): with the LoRA acting only where painted and on the last
-# half of the steps, a painted step changes the painted pixels 3.5-4x as much as the others (1.0x with the LoRA
+# half of the steps, a painted step changes the painted pixels 3.3-3.5x as much as the others (1.0x with the LoRA
 # everywhere), at a learning rate that keeps the painted change at least that of the LoRA everywhere at 1e-2.
 SESSION_WINDOW = (SESSION_STEPS // 2, SESSION_STEPS)
 SESSION_REGIONAL_LR = 3e-2
