@@ -216,6 +216,7 @@ def _sampler(family, prompts):
     return sample
 
 
+@pytest.mark.slow  # several sampling passes
 def test_each_sample_acts_where_the_base_models_image_from_the_same_noise_was_judged(adapted):
     """sample_where_judged: the judge sees the base model's images (the LoRA off) from the same noise, and the policy then
     samples from that noise with each sample's own region; the generators end as after one sampling pass."""
@@ -310,6 +311,7 @@ def _sampler_like(trainer, prompts, generator, kw):
                                noise_level=trainer.policy.noise_level, generator=generator, metadata=kw.get("metadata"))  # fmt: skip
 
 
+@pytest.mark.slow  # several sampling passes
 def test_the_velocity_on_the_forward_process_acts_in_each_samples_region():
     """Forward-process algorithms (AWM) read the trajectories' regions too: base outside, adapted inside."""
     from pxpo.world.architecture import build_tiny_sd3_pipeline
