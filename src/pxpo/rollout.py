@@ -38,15 +38,18 @@ def policy_output(
     region is 0 the output is the base model's exactly; it is 1 everywhere: the adapted output alone."""
     if region is not None and (region.ndim != 4 or region.shape[1] != 1 or region.shape[2:] != latents.shape[2:] or len(region) not in (1, len(latents))):
         raise ValueError(f"a region of shape {tuple(region.shape)} for latents of shape {tuple(latents.shape)}: expected [B or 1, 1, h, w] on their grid")
-    if region is not None and not torch.is_grad_enabled() and not bool(region.any()):  # (with gradients: a zero one)
+
+    def base() -> torch.Tensor:
         with torch.no_grad(), adapters_off(family.denoiser):
             return family.predict(family.denoiser, latents, timesteps, conditioning, guidance_scale)
+
+    if region is not None and not torch.is_grad_enabled() and not bool(region.any()):  # (with gradients: a zero one)
+        return base()
     adapted = family.predict(denoiser, latents, timesteps, conditioning, guidance_scale)
     if region is None or bool((region == 1).all()):
         return adapted
-    with torch.no_grad(), adapters_off(family.denoiser):
-        base = family.predict(family.denoiser, latents, timesteps, conditioning, guidance_scale)
-    return base + region.to(adapted) * (adapted - base)
+    reference = base()
+    return reference + region.to(adapted) * (adapted - reference)
 
 
 @torch.no_grad()
@@ -316,7 +319,8 @@ def adapters_off(denoiser: torch.nn.Module):
 
 
 def _adapters_disabled(denoiser: torch.nn.Module) -> bool:
-    """Whether the denoiser's peft LoRA layers are switched off (``disable_adapters``)."""
+    """Whether the denoiser's peft LoRA layers are switched off (``disable_adapters`` switches all of them: the first
+    one says, so a call on every denoiser step does not walk the whole network)."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return any(module.disable_adapters for module in denoiser.modules() if isinstance(module, BaseTunerLayer))
+    return next((module.disable_adapters for module in denoiser.modules() if isinstance(module, BaseTunerLayer)), False)
