@@ -20,10 +20,13 @@ from pxpo.region import REGION_FILE, JudgedRegion, fork, run_region, sample_wher
 from pxpo.rollout import Policy, adapters_off, policy_output, recompute_log_prob, sample_trajectories, velocity_on_forward_process
 
 
-@pytest.fixture
-def adapted(tiny_pipe):
-    """The tiny pipeline's family with a LoRA whose B matrices are not zero (so adapted != base)."""
-    family = family_for(tiny_pipe)
+@pytest.fixture(scope="module")
+def adapted():
+    """The tiny pipeline's family with a LoRA whose B matrices are not zero (so adapted != base); built once for the
+    module (no test changes its weights; the ones that switch the adapters off switch them on again)."""
+    from pxpo.world.architecture import build_tiny_pipeline
+
+    family = family_for(build_tiny_pipeline(seed=0))
     family.add_lora(rank=4)
     with torch.no_grad():
         for name, parameter in family.denoiser.named_parameters():
